@@ -1,0 +1,54 @@
+"""The rewrite loop: rules applied in sweeps until a sweep changes nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import onnx
+import onnx_graphsurgeon as gs
+
+from onnxrep.graph import Context
+from onnxrep.report import Report
+from onnxrep.rules import Finding, Rule
+
+MAX_SWEEPS = 50
+
+
+def rewrite_graph(graph: gs.Graph, rules: Sequence[Rule], report: Report) -> None:
+    """Apply ``rules`` to a fixed point. Refusals are those of the last sweep (the final graph)."""
+    for sweep in range(1, MAX_SWEEPS + 1):
+        report.sweeps = sweep
+        findings: list[Finding] = []
+        changed = False
+        for rule in rules:
+            ctx = Context.of(graph)
+            matches = []
+            for item in rule.find(ctx):  # collect everything before mutating anything
+                (findings if isinstance(item, Finding) else matches).append(item)
+            touched: set[int] = set()
+            for match in matches:
+                ids = {id(n) for n in match.nodes}
+                if ids & touched:
+                    continue  # overlaps a rewrite made this sweep: the next sweep sees it afresh
+                touched |= ids
+                rule.rewrite(ctx, match)
+                report.fired[rule.name] += 1
+            if touched:
+                changed = True
+                graph.cleanup().toposort()
+        if not changed:
+            report.refusals = list(dict.fromkeys(findings))
+            return
+
+
+def export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
+    """The graph as a model, with everything model-level the original had kept as it was."""
+    model = gs.export_onnx(graph, do_type_check=False)
+    del model.opset_import[:]
+    model.opset_import.extend(original.opset_import)
+    model.ir_version = original.ir_version
+    for name in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(model, name, getattr(original, name))
+    del model.metadata_props[:]
+    model.metadata_props.extend(original.metadata_props)
+    return model

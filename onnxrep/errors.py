@@ -1,0 +1,55 @@
+"""Errors a user can cause, each with its own exit code (documented in the README).
+
+Anything else that escapes is a bug in onnxrep: the CLI reports it as one line
+with exit code 1 (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+
+class OnnxrepError(Exception):
+    exit_code = 1
+
+
+class InputNotFound(OnnxrepError):
+    exit_code = 3
+
+
+class NotOnnx(OnnxrepError):
+    exit_code = 4
+
+
+class CorruptModel(OnnxrepError):
+    exit_code = 5
+
+
+class MissingExternalData(OnnxrepError):
+    exit_code = 6
+
+
+class UnsupportedModel(OnnxrepError):
+    exit_code = 7
+
+
+class OutputError(OnnxrepError):
+    exit_code = 8
+
+
+class VerificationFailed(OnnxrepError):
+    exit_code = 9
+
+
+#: (code, meaning) rows for the README and ``--help``.
+EXIT_CODES = (
+    (0, "success: the optimized model was written"),
+    (1, "internal error in onnxrep (a bug: please report it, with --debug output)"),
+    (2, "bad command-line usage"),
+    (3, "input file missing or unreadable"),
+    (4, "input is not an ONNX model"),
+    (5, "input is a truncated or corrupt ONNX model, or fails the ONNX checker"),
+    (6, "an external-data file the model refers to is missing"),
+    (7, "unsupported model: opset outside the supported range, or onnxruntime cannot run it"),
+    (8, "output path unusable: same as the input without --force, missing or read-only directory, "
+        "disk full"),
+    (9, "verification failed: the optimized model's outputs differ; nothing was written"),
+)

@@ -1,0 +1,141 @@
+"""Loading and saving models, with one clear error per way a file can be wrong.
+
+Saving is atomic: the model (and its external-data file) is written into a
+temporary directory beside the target and renamed into place, so a failed
+run never leaves a half-written output.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+from onnx.external_data_helper import load_external_data_for_model, uses_external_data
+
+from onnxrep.errors import (
+    CorruptModel,
+    InputNotFound,
+    MissingExternalData,
+    NotOnnx,
+    OutputError,
+    UnsupportedModel,
+)
+
+MIN_OPSET = 7
+PROTOBUF_LIMIT = 2**31 - 1  # a serialized ModelProto cannot be larger
+
+
+def max_opset() -> int:
+    return onnx.defs.onnx_opset_version()
+
+
+def load_model(path: str | os.PathLike) -> onnx.ModelProto:
+    """Read, parse and check a model, with its external data loaded from its own directory."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InputNotFound(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputNotFound(f"{path}: is a directory, not a model file") from None
+    except OSError as error:
+        raise InputNotFound(f"{path}: cannot read: {error.strerror}") from None
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError):
+        # An ONNX file starts with field 1 (ir_version, a varint): tag byte 0x08.
+        if data[:1] == b"\x08":
+            raise CorruptModel(f"{path}: truncated or corrupt ONNX file (protobuf does not parse)") from None
+        raise NotOnnx(f"{path}: not an ONNX model (not a protobuf ModelProto)") from None
+    if not model.HasField("graph") or not model.ir_version:
+        raise NotOnnx(f"{path}: not an ONNX model (no graph or IR version in it)")
+    _check_opset(model, path)
+    if any(uses_external_data(t) for t in _all_initializers(model)):
+        try:
+            load_external_data_for_model(model, str(path.parent))
+        except FileNotFoundError as error:
+            missing = error.filename or str(error)
+            raise MissingExternalData(f"{path}: external data file missing: {missing}") from None
+        except (OSError, ValueError) as error:
+            raise MissingExternalData(f"{path}: cannot read external data: {error}") from None
+    try:
+        if model.ByteSize() <= PROTOBUF_LIMIT:
+            onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else "invalid model"
+        raise CorruptModel(f"{path}: fails the ONNX checker: {first}") from None
+    return model
+
+
+def _all_initializers(model: onnx.ModelProto):
+    yield from model.graph.initializer
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+
+
+def _check_opset(model: onnx.ModelProto, path: Path) -> None:
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx") and not MIN_OPSET <= opset.version <= max_opset():
+            raise UnsupportedModel(
+                f"{path}: opset {opset.version} is outside the supported range "
+                f"{MIN_OPSET}..{max_opset()}")
+
+
+def check_output_path(output: str | os.PathLike, input_path: str | os.PathLike | None,
+                      force: bool) -> Path:
+    """Fail early, before any work, when the output cannot or must not be written."""
+    output = Path(output)
+    if input_path is not None and not force and output.exists() and _same_file(output, Path(input_path)):
+        raise OutputError(f"{output}: is the input file; pass --force to overwrite it")
+    if output.is_dir():
+        raise OutputError(f"{output}: is a directory")
+    parent = output.parent if str(output.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"{output}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{output}: directory {parent} is not writable")
+    return output
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+def save_model(model: onnx.ModelProto, output: str | os.PathLike, external_data: bool = False) -> int:
+    """Write atomically; external data goes to ``<output>.data``. Returns the bytes written."""
+    output = Path(output)
+    external_data = external_data or model.ByteSize() > PROTOBUF_LIMIT
+    data_name = output.name + ".data"
+    try:
+        tmp_dir = tempfile.mkdtemp(prefix=".onnxrep-", dir=output.parent)
+    except OSError as error:
+        raise OutputError(f"{output}: cannot write: {error.strerror}") from None
+    try:
+        tmp_model = Path(tmp_dir) / output.name
+        if external_data:
+            onnx.save_model(model, tmp_model, save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=data_name, size_threshold=1024)
+        else:
+            with open(tmp_model, "wb") as f:
+                f.write(model.SerializeToString())
+                f.flush()
+                os.fsync(f.fileno())
+        written = sum(p.stat().st_size for p in Path(tmp_dir).iterdir())
+        if external_data:
+            os.replace(Path(tmp_dir) / data_name, output.parent / data_name)
+        os.replace(tmp_model, output)
+        return written
+    except OSError as error:
+        raise OutputError(f"{output}: cannot write: {error.strerror or error}") from None
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)

@@ -1,0 +1,129 @@
+"""Lift graph nodes into the algebra: a Conv into a ConvSpec, a BatchNormalization
+into a per-channel affine. Each returns a :class:`Refusal` with the reason when
+the node is not provably the linear op it looks like.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxrep import kernels
+from onnxrep.graph import Context, constant_value, is_op, sharing
+from onnxrep.spec import ConvSpec, Refusal
+
+FLOAT_TYPES = (np.float16, np.float32, np.float64)
+
+
+@dataclass(frozen=True, eq=False)
+class LiftedConv:
+    spec: ConvSpec
+    dtype: np.dtype
+    has_bias: bool
+
+
+@dataclass(frozen=True, eq=False)
+class Affine:
+    """``y = scale * x + shift`` per channel (axis 1); both ``(C,)`` float64."""
+
+    scale: np.ndarray
+    shift: np.ndarray
+    dtype: np.dtype
+
+
+def _weight(tensor: gs.Tensor, node: gs.Node, ctx: Context, what: str) -> np.ndarray | Refusal:
+    value = constant_value(tensor)
+    if value is None:
+        return Refusal(f"{what} '{tensor.name}' of {node.name or node.op} is not a constant")
+    shared = sharing(tensor, node, ctx)
+    if shared is not None:
+        return shared
+    if value.dtype.type not in FLOAT_TYPES:
+        return Refusal(f"{what} '{tensor.name}' has dtype {value.dtype}, not a float type")
+    return value
+
+
+def conv(node: gs.Node, ctx: Context) -> LiftedConv | Refusal:
+    """A Conv with constant weight (and bias) as a ConvSpec."""
+    if not is_op(node, "Conv"):
+        return Refusal(f"{node.op} is not a Conv")
+    if len(node.inputs) < 2:
+        return Refusal(f"{node.name} has no weight input")
+    weight = _weight(node.inputs[1], node, ctx, "weight")
+    if isinstance(weight, Refusal):
+        return weight
+    if weight.ndim < 3:
+        return Refusal(f"{node.name} has a weight of rank {weight.ndim}")
+    has_bias = len(node.inputs) > 2 and not node.inputs[2].is_empty()
+    if has_bias:
+        bias = _weight(node.inputs[2], node, ctx, "bias")
+        if isinstance(bias, Refusal):
+            return bias
+    else:
+        bias = np.zeros(weight.shape[0])
+    nd = weight.ndim - 2
+    attrs = node.attrs
+    kernel_shape = tuple(attrs.get("kernel_shape", weight.shape[2:]))
+    if kernel_shape != weight.shape[2:]:
+        return Refusal(f"{node.name}: kernel_shape {kernel_shape} differs from its weight")
+    strides = tuple(attrs.get("strides", (1,) * nd))
+    dilations = tuple(attrs.get("dilations", (1,) * nd))
+    pads = _pads(attrs, kernel_shape, strides, dilations)
+    if isinstance(pads, Refusal):
+        return Refusal(f"{node.name}: {pads.reason}")
+    spec = ConvSpec(
+        weight=np.asarray(weight, np.float64),
+        bias=np.asarray(bias, np.float64),
+        strides=strides,
+        pads=pads,
+        dilations=dilations,
+        group=int(attrs.get("group", 1)),
+        cost=int(weight.size),
+    )
+    return LiftedConv(spec, weight.dtype, has_bias)
+
+
+def _pads(attrs, kernel_shape, strides, dilations) -> tuple[int, ...] | Refusal:
+    nd = len(kernel_shape)
+    auto_pad = attrs.get("auto_pad", "NOTSET")
+    if isinstance(auto_pad, bytes):
+        auto_pad = auto_pad.decode()
+    if auto_pad in ("NOTSET", ""):
+        return tuple(attrs.get("pads", (0,) * (2 * nd)))
+    if auto_pad == "VALID":
+        return (0,) * (2 * nd)
+    if any(s != 1 for s in strides):
+        return Refusal(f"auto_pad {auto_pad} with stride > 1 pads by the input size")
+    # Stride 1: SAME pads are static, total d·(k−1), the odd one at the end (UPPER) or front.
+    totals = [d * (k - 1) for d, k in zip(dilations, kernel_shape)]
+    small = [t // 2 for t in totals]
+    big = [t - t // 2 for t in totals]
+    return tuple(small + big) if auto_pad == "SAME_UPPER" else tuple(big + small)
+
+
+def batchnorm(node: gs.Node, ctx: Context) -> Affine | Refusal:
+    """An inference-mode BatchNormalization as a per-channel affine."""
+    if not is_op(node, "BatchNormalization"):
+        return Refusal(f"{node.op} is not a BatchNormalization")
+    name = node.name or node.op
+    if node.attrs.get("training_mode", 0):
+        return Refusal(f"{name} runs in training mode")
+    if not node.attrs.get("spatial", 1):
+        return Refusal(f"{name} has spatial=0 (per-position statistics)")
+    if any(id(t) in ctx.graph_outputs or t.outputs for t in node.outputs[1:]):
+        return Refusal(f"{name}'s running statistics outputs are read")
+    if len(node.inputs) < 5:
+        return Refusal(f"{name} has {len(node.inputs)} inputs, not 5")
+    values = []
+    for tensor, what in zip(node.inputs[1:5], ("scale", "bias", "mean", "var")):
+        value = constant_value(tensor)
+        if value is None:
+            return Refusal(f"BatchNormalization {what} '{tensor.name}' of {name} is not a constant")
+        values.append(value)
+    if len({v.size for v in values}) > 1 or any(v.ndim != 1 for v in values):
+        return Refusal(f"{name} parameters are not vectors of one length")
+    dtype = node.inputs[0].dtype if node.inputs[0].dtype is not None else values[0].dtype
+    scale, shift = kernels.bn_affine(*values, eps=float(node.attrs.get("epsilon", 1e-5)))
+    return Affine(scale, shift, np.dtype(dtype))

@@ -1,0 +1,44 @@
+"""The rules, as an explicit pipeline. A rule is a module with one :class:`Rule`.
+
+A rule's ``find`` walks the graph without changing it and yields matches (any
+object with a ``nodes`` tuple: the nodes its rewrite removes or replaces) and
+:class:`Finding` refusals. The engine then applies non-overlapping matches
+with ``rewrite``; nothing is mutated while matches are still being collected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from onnxrep.graph import Context
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A refused rewrite: where in the graph, and why it would not be exact or worth it."""
+
+    rule: str
+    where: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    summary: str
+    find: Callable[[Context], Iterator[Any]]
+    rewrite: Callable[[Context, Any], None]
+
+
+from onnxrep.rules import fold_conv_bn, merge_parallel  # noqa: E402  (the modules need Rule)
+
+#: Order matters within a sweep: folding Conv→BN first turns conv-BN branches into
+#: plain Conv branches that merge_parallel can lift.
+DEFAULT_RULES: tuple[Rule, ...] = (
+    fold_conv_bn.RULE,
+    merge_parallel.RULE,
+)
+
+RULES_BY_NAME = {rule.name: rule for rule in DEFAULT_RULES}

@@ -1,0 +1,241 @@
+"""merge_parallel: parallel branches of one tensor, summed, become one Conv.
+
+Before:  Y = Conv_a(X) + Conv_b(X) + BatchNormalization(X) + X  (Add chains, Sum, Sub)
+After:   Y = Conv(X)                                   (RepVGG, ACNet, MobileOne, ...)
+
+The join is the whole tree of Add / Sum / Sub nodes whose intermediate
+results nothing else reads, so ``Add(Add(a, b), c)`` is one join; Sub gives
+its second operand the sign −1. Each operand is lifted to a ConvSpec of its
+source tensor: a Conv with constant weights, an inference BatchNormalization
+(a depthwise 1x1 conv), or the source itself (the identity). Branches of one
+source are merged by spec.merge_parallel (taps aligned, kernels padded,
+groups and dilations reconciled, cost never higher), greedily from the most
+expensive branch so that an incompatible branch stays out instead of
+spoiling the rest. Operands that do not merge stay in a smaller join.
+
+Conditions:
+  1. Every merged branch's output is read by the join only (no graph output).
+  2. Weights are constants read by that branch only.
+  3. The branches' output shapes are equal for every input size (so the join
+     never broadcasts among them) and their taps line up.
+  4. The merged conv costs no more multiply-adds per pixel than the branches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxrep import lift, spec
+from onnxrep.graph import Context, is_op, producer
+from onnxrep.rules import Finding, Rule
+from onnxrep.spec import ConvSpec, Refusal
+
+NAME = "merge_parallel"
+JOIN_OPS = ("Add", "Sum", "Sub")
+
+
+@dataclass(frozen=True, eq=False)
+class Branch:
+    operand: gs.Tensor
+    sign: int  # +1, or −1 for a Sub's second operand; ``spec`` already carries it
+    source: gs.Tensor
+    spec: ConvSpec
+    nodes: tuple[gs.Node, ...]
+    name: str
+    dtype: np.dtype | None
+    has_bias: bool
+
+
+@dataclass(frozen=True, eq=False)
+class Join:
+    root: gs.Node
+    joins: tuple[gs.Node, ...]
+    merges: tuple[tuple[ConvSpec, tuple[Branch, ...]], ...]
+    rest: tuple[tuple[gs.Tensor, int], ...]  # operands left as they are, with their signs
+
+    @property
+    def nodes(self) -> tuple[gs.Node, ...]:
+        return self.joins + tuple(n for _, branches in self.merges for b in branches for n in b.nodes)
+
+
+def _is_join(node: gs.Node | None) -> bool:
+    return is_op(node, *JOIN_OPS) and len(node.outputs) == 1 and (
+        len(node.inputs) == 2 or node.op == "Sum")
+
+
+def _inner(tensor: gs.Tensor, reader: gs.Node, ctx: Context) -> gs.Node | None:
+    """The join that produces ``tensor`` when it folds into ``reader``'s join."""
+    node = producer(tensor)
+    return node if _is_join(node) and ctx.private(tensor, reader) else None
+
+
+def _is_inner(node: gs.Node, ctx: Context) -> bool:
+    """A join whose result only an enclosing join reads: part of that bigger join."""
+    return any(_is_join(r) and _inner(node.outputs[0], r, ctx) for r in node.outputs[0].outputs)
+
+
+def _flatten(node: gs.Node, sign: int, ctx: Context, operands: list, joins: list) -> None:
+    joins.append(node)
+    signs = (1, -1) if node.op == "Sub" else (1,) * len(node.inputs)
+    for tensor, s in zip(node.inputs, signs):
+        inner = _inner(tensor, node, ctx)
+        if inner is not None:
+            _flatten(inner, sign * s, ctx, operands, joins)
+        else:
+            operands.append((tensor, sign * s, node))
+
+
+def _lift(tensor: gs.Tensor, sign: int, reader: gs.Node, ctx: Context,
+          ranks: dict[int, int]) -> Branch | Refusal | None:
+    """The operand as a branch of its source; None when it is no linear op at all.
+
+    ``ranks`` maps a source tensor to its spatial rank, as learnt from Conv
+    branches, for BatchNormalization branches whose shapes were not exported.
+    """
+    node = producer(tensor)
+    if is_op(node, "Conv"):
+        lifted = lift.conv(node, ctx)
+        if isinstance(lifted, Refusal):
+            return lifted
+        conv_spec, dtype, has_bias = lifted.spec, lifted.dtype, lifted.has_bias
+    elif is_op(node, "BatchNormalization"):
+        affine = lift.batchnorm(node, ctx)
+        if isinstance(affine, Refusal):
+            return affine
+        nd = _spatial_rank(node.inputs[0], ranks)
+        if nd is None:
+            return Refusal(f"the rank of {node.name}'s input is unknown")
+        conv_spec = spec.diagonal(affine.scale, affine.shift, nd, cost=affine.scale.size)
+        dtype, has_bias = affine.dtype, True
+    else:
+        return None
+    if not ctx.private(tensor, reader):
+        return Refusal(f"output of {node.name} is also read by {ctx.readers(tensor, reader)}")
+    if sign < 0:
+        conv_spec = conv_spec.negated()
+    return Branch(tensor, sign, node.inputs[0], conv_spec, (node,), node.name, dtype, has_bias)
+
+
+def _spatial_rank(tensor: gs.Tensor, ranks: dict[int, int]) -> int | None:
+    if id(tensor) in ranks:
+        return ranks[id(tensor)]
+    if tensor.shape is not None and len(tensor.shape) >= 3:
+        return len(tensor.shape) - 2
+    return None
+
+
+def _greedy_merge(branches: list[Branch]) -> tuple[ConvSpec | None, list[Branch], list[tuple[Branch, str]]]:
+    """Merge from the costliest branch down, keeping each branch that still merges exactly."""
+    ordered = sorted(branches, key=lambda b: -b.spec.cost)
+    kept, left_out, merged = [ordered[0]], [], None
+    for branch in ordered[1:]:
+        result = spec.merge_parallel([b.spec for b in kept + [branch]])
+        if isinstance(result, Refusal):
+            left_out.append((branch, result.reason))
+        else:
+            kept.append(branch)
+            merged = result
+    return merged, kept, left_out
+
+
+def find(ctx: Context) -> Iterator[Join | Finding]:
+    for root in ctx.graph.nodes:
+        if not _is_join(root) or _is_inner(root, ctx):
+            continue
+        operands, joins = [], []
+        _flatten(root, 1, ctx, operands, joins)
+        where = f"{root.op} {root.name}"
+        ranks = {}
+        for tensor, _, _ in operands:
+            conv = producer(tensor)
+            if is_op(conv, "Conv") and len(conv.inputs) > 1 and conv.inputs[1].shape:
+                ranks[id(conv.inputs[0])] = len(conv.inputs[1].shape) - 2
+        lifted = [_lift(t, s, reader, ctx, ranks) for t, s, reader in operands]
+        branches_of = {}
+        for b in lifted:
+            if isinstance(b, Branch):
+                branches_of.setdefault(id(b.source), b)
+
+        groups: dict[int, list[Branch]] = {}
+        rest: list[tuple[gs.Tensor, int]] = []
+        for (tensor, sign, _), branch in zip(operands, lifted):
+            sibling = branches_of.get(id(tensor))
+            if branch is None and sibling is not None:
+                # The source itself is an operand: the identity branch.
+                identity = spec.identity(sibling.spec.in_channels, sibling.spec.spatial_dims)
+                branch = Branch(tensor, sign, tensor, identity if sign > 0 else identity.negated(),
+                                (), tensor.name, None, False)
+            if isinstance(branch, Branch):
+                groups.setdefault(id(branch.source), []).append(branch)
+                continue
+            if isinstance(branch, Refusal) and _shares_source(tensor, operands):
+                yield Finding(NAME, where, branch.reason)
+            rest.append((tensor, sign))
+
+        merges = []
+        for branches in groups.values():
+            if len(branches) < 2 or all(not b.nodes for b in branches):
+                rest.extend((b.operand, b.sign) for b in branches)
+                continue
+            merged, kept, left_out = _greedy_merge(branches)
+            for branch, reason in left_out:
+                yield Finding(NAME, f"{where}: {branch.name}", reason)
+                rest.append((branch.operand, branch.sign))
+            if merged is None:
+                rest.extend((b.operand, b.sign) for b in kept)
+            else:
+                merges.append((merged, tuple(kept)))
+        if merges:
+            yield Join(root, tuple(joins), tuple(merges), tuple(rest))
+
+
+def _shares_source(tensor: gs.Tensor, operands) -> bool:
+    """Whether a refused operand reads a tensor that another operand is or reads."""
+    node = producer(tensor)
+    if node is None or not node.inputs:
+        return False
+    source = node.inputs[0]
+    for other, _, _ in operands:
+        other_node = producer(other)
+        if other is source or (other is not tensor and other_node is not None
+                               and other_node.inputs and other_node.inputs[0] is source):
+            return True
+    return False
+
+
+def rewrite(ctx: Context, match: Join) -> None:
+    output = match.root.outputs[0]
+    dtype = output.dtype
+    ctx.detach(match.nodes)
+    operands: list[tuple[gs.Tensor, int]] = []
+    alone = not match.rest and len(match.merges) == 1
+    for merged, branches in match.merges:
+        anchor = max(branches, key=lambda b: b.spec.cost)
+        weight_dtype = next((b.dtype for b in branches if b.dtype is not None), dtype)
+        target = output if alone else gs.Variable(ctx.unique(f"{anchor.name}_merged"), dtype=dtype)
+        ctx.emit_conv(anchor.name, branches[0].source, merged, target, np.dtype(weight_dtype),
+                      with_bias=any(b.has_bias for b in branches))
+        operands.append((target, 1))
+    if alone:
+        return
+    operands += sorted(match.rest, key=lambda o: -o[1])  # a positive operand first
+    if match.root.op == "Sum" and all(sign > 0 for _, sign in operands):
+        ctx.graph.nodes.append(gs.Node("Sum", ctx.unique(match.root.name or "Sum"),
+                                       inputs=[t for t, _ in operands], outputs=[output]))
+        return
+    accumulated = operands[0][0]
+    for i, (tensor, sign) in enumerate(operands[1:], start=1):
+        last = i == len(operands) - 1
+        target = output if last else gs.Variable(ctx.unique(f"{match.root.name}_partial"), dtype=dtype)
+        op = "Add" if sign > 0 else "Sub"
+        ctx.graph.nodes.append(gs.Node(op, ctx.unique(match.root.name or op),
+                                       inputs=[accumulated, tensor], outputs=[target]))
+        accumulated = target
+
+
+RULE = Rule(NAME, "Add/Sum/Sub of conv, BatchNormalization and identity branches of one tensor "
+                  "merged into one Conv", find, rewrite)

@@ -1,0 +1,152 @@
+"""ConvSpec: a linear op written as one convolution, and the pure algebra on specs.
+
+Every op that is linear in its input X with constant parameters is a conv
+``Y = conv(X, W, b, strides, pads, dilations, group)``. Re-parameterization
+is algebra on such specs; this module holds that algebra and its exactness
+conditions, with no graph in sight. A function that cannot prove a result
+exact returns a :class:`Refusal` carrying the reason instead.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from onnxrep import kernels
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a rewrite was not made. Falsy, so ``if not result`` reads naturally."""
+
+    reason: str
+
+    def __bool__(self) -> bool:
+        return False
+
+
+@dataclass(frozen=True, eq=False)
+class ConvSpec:
+    """A conv in ONNX terms. ``weight``: (Cout, Cin/group, *k) float64; ``bias``: (Cout,).
+
+    ``pads`` is ONNX order: all begins, then all ends. ``cost`` is the number of
+    multiply-accumulates per output pixel of the op this spec stands for: a
+    conv's weight size, a BatchNormalization's C, the identity's 0. Merges
+    compare it against the merged conv's, so that nothing becomes slower.
+    """
+
+    weight: np.ndarray
+    bias: np.ndarray
+    strides: tuple[int, ...]
+    pads: tuple[int, ...]
+    dilations: tuple[int, ...]
+    group: int
+    cost: int
+
+    @property
+    def spatial_dims(self) -> int:
+        return self.weight.ndim - 2
+
+    @property
+    def out_channels(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def in_channels(self) -> int:
+        return self.weight.shape[1] * self.group
+
+    @property
+    def kernel_shape(self) -> tuple[int, ...]:
+        return tuple(self.weight.shape[2:])
+
+    def negated(self) -> ConvSpec:
+        return ConvSpec(-self.weight, -self.bias, self.strides, self.pads, self.dilations,
+                        self.group, self.cost)
+
+
+def diagonal(scale, shift, spatial_dims: int, cost: int) -> ConvSpec:
+    """A per-channel ``scale * x + shift`` as a depthwise 1x1 conv (BatchNormalization, identity)."""
+    scale = np.asarray(scale, np.float64)
+    return ConvSpec(
+        weight=kernels.diagonal_kernel(scale, spatial_dims),
+        bias=np.asarray(shift, np.float64) * np.ones_like(scale),
+        strides=(1,) * spatial_dims,
+        pads=(0,) * (2 * spatial_dims),
+        dilations=(1,) * spatial_dims,
+        group=len(scale),
+        cost=cost,
+    )
+
+
+def identity(channels: int, spatial_dims: int) -> ConvSpec:
+    return diagonal(np.ones(channels), np.zeros(channels), spatial_dims, cost=0)
+
+
+def merge_parallel(specs: list[ConvSpec]) -> ConvSpec | Refusal:
+    """``sum(conv_i(X))`` as one conv, when that is exact and costs no more.
+
+    Exact when all branches read the same X with the same strides and produce
+    the same output shape (so the sum never broadcasts), and every tap lines
+    up: tap j of branch i reads input row ``o·s − pad_i + j·d_i``; in the merged
+    kernel (top pad P, dilation D) that is tap ``(P − pad_i + j·d_i) / D``,
+    which must be an integer. Kernels are zero-padded around to the common
+    size, dilated kernels get zeros between taps, grouped kernels are
+    regrouped block-diagonally to the coarsest common grouping.
+    """
+    first = specs[0]
+    nd = first.spatial_dims
+    if any(s.spatial_dims != nd for s in specs):
+        return Refusal("branches have different spatial ranks")
+    if len({s.in_channels for s in specs}) > 1:
+        return Refusal("branches read different channel counts")
+    if len({s.out_channels for s in specs}) > 1:
+        return Refusal(
+            "branches have different output channel counts "
+            f"({sorted({s.out_channels for s in specs})}): the join broadcasts")
+    if len({s.strides for s in specs}) > 1:
+        return Refusal(f"different strides {sorted({s.strides for s in specs})}")
+
+    # Axes of size 1 ignore dilation; elsewhere dilate every kernel to the gcd.
+    dilation = tuple(
+        math.gcd(*[s.dilations[a] for s in specs if s.kernel_shape[a] > 1]) or 1
+        for a in range(nd))
+    weights, begins, ends = [], [], []
+    for s in specs:
+        factors = tuple(s.dilations[a] // dilation[a] if s.kernel_shape[a] > 1 else 1
+                        for a in range(nd))
+        weights.append(kernels.dilate_kernel(s.weight, factors))
+        begins.append(s.pads[:nd])
+        ends.append(s.pads[nd:])
+
+    pad_begin, pad_end, before, after = [], [], [[] for _ in specs], [[] for _ in specs]
+    for a in range(nd):
+        sizes = [w.shape[2 + a] for w in weights]
+        # Equal "extent" (pads minus kernel span) means equal output size for every input size.
+        extents = {b[a] + e[a] - dilation[a] * (k - 1) for b, e, k in zip(begins, ends, sizes)}
+        if len(extents) > 1:
+            return Refusal(f"branch output shapes differ on spatial axis {a}: the join broadcasts")
+        top = max(b[a] for b in begins)
+        if any((top - b[a]) % dilation[a] for b in begins):
+            return Refusal(f"pads do not line up with dilation {dilation[a]} on spatial axis {a}")
+        offsets = [(top - b[a]) // dilation[a] for b in begins]
+        size = max(o + k for o, k in zip(offsets, sizes))
+        for i, (o, k) in enumerate(zip(offsets, sizes)):
+            before[i].append(o)
+            after[i].append(size - o - k)
+        pad_begin.append(top)
+        pad_end.append(extents.pop() - top + dilation[a] * (size - 1))
+
+    group = math.gcd(*[s.group for s in specs])
+    weight = sum(
+        kernels.regroup(kernels.pad_kernel(w, b, a), s.group, group)
+        for w, b, a, s in zip(weights, before, after, specs))
+    bias = sum(s.bias for s in specs)
+    cost = sum(s.cost for s in specs)
+    if weight.size > cost:
+        return Refusal(
+            f"merged kernel {tuple(weight.shape)} (group {group}) would cost {weight.size} "
+            f"multiply-adds per pixel, more than the {cost} of the branches")
+    return ConvSpec(weight, bias, first.strides, tuple(pad_begin + pad_end), dilation,
+                    group, weight.size)

@@ -1,0 +1,142 @@
+"""Check an optimized model against its original in onnxruntime.
+
+Both run with onnxruntime's own graph optimizations disabled (its Conv+BN
+fusion would otherwise hide our mistakes), on the same seeded random inputs.
+Every output must satisfy ``|opt − ref| ≤ atol · scale + rtol · |ref|`` where
+``scale`` is the largest magnitude of that reference output, so the absolute
+tolerance follows the output's size. Integer and bool outputs must be equal.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from onnxrep.errors import UnsupportedModel
+from onnxrep.io import PROTOBUF_LIMIT
+
+DEFAULT_RTOL = 1e-4
+DEFAULT_ATOL = 1e-5
+#: Dynamic dims default to these; ``--input-shape`` overrides them.
+DEFAULT_BATCH = 1
+DEFAULT_DIM = 32
+#: float16 carries ~2^-10 relative precision against float32's 2^-23.
+FLOAT16_FACTOR = 2.0**13
+
+
+@dataclass(frozen=True)
+class OutputCheck:
+    name: str
+    max_abs_error: float
+    scale: float  # largest |reference| value
+    allowed: float  # error allowed at the largest value
+    passed: bool
+
+
+@dataclass(frozen=True)
+class Verification:
+    passed: bool
+    outputs: tuple[OutputCheck, ...]
+    input_shapes: dict[str, tuple[int, ...]]
+    seconds: float
+
+    @property
+    def max_abs_error(self) -> float:
+        return max((o.max_abs_error for o in self.outputs), default=0.0)
+
+
+def _session(model: onnx.ModelProto, tmp_dir: str, tag: str) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    try:
+        if model.ByteSize() > PROTOBUF_LIMIT:
+            path = os.path.join(tmp_dir, f"{tag}.onnx")
+            onnx.save_model(model, path, save_as_external_data=True, location=f"{tag}.data")
+            return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(model.SerializeToString(), options,
+                                    providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own unexported error types
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UnsupportedModel(f"onnxruntime cannot run the model: {first}") from None
+
+
+def make_inputs(session: ort.InferenceSession, shapes: dict[str, tuple[int, ...]],
+                seed: int) -> dict[str, np.ndarray]:
+    """Seeded random inputs; dynamic dims take ``shapes`` or the defaults, one value per dim name."""
+    rng = np.random.default_rng(seed)
+    named_dims: dict[str, int] = {}
+    feeds = {}
+    for arg in session.get_inputs():
+        if arg.name in shapes:
+            shape = tuple(shapes[arg.name])
+        else:
+            shape = tuple(
+                d if isinstance(d, int) and d > 0
+                else named_dims.setdefault(d, DEFAULT_BATCH if axis == 0 else DEFAULT_DIM)
+                if isinstance(d, str) else (DEFAULT_BATCH if axis == 0 else DEFAULT_DIM)
+                for axis, d in enumerate(arg.shape))
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(_ort_type(arg.type))
+        if np.issubdtype(dtype, np.floating):
+            feeds[arg.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype == np.bool_:
+            feeds[arg.name] = rng.integers(0, 2, shape).astype(np.bool_)
+        else:
+            feeds[arg.name] = rng.integers(0, 8, shape).astype(dtype)
+    return feeds
+
+
+def _ort_type(type_string: str) -> int:
+    """'tensor(float16)' → TensorProto.FLOAT16."""
+    return onnx.TensorProto.DataType.Value(type_string.removeprefix("tensor(").removesuffix(")").upper())
+
+
+def compare(name: str, reference: np.ndarray, actual: np.ndarray, rtol: float, atol: float) -> OutputCheck:
+    if reference.shape != actual.shape:
+        return OutputCheck(name, float("inf"), 0.0, 0.0, False)
+    if not np.issubdtype(reference.dtype, np.floating):
+        equal = bool(np.array_equal(reference, actual))
+        return OutputCheck(name, 0.0 if equal else float("inf"), 0.0, 0.0, equal)
+    if reference.dtype == np.float16:
+        rtol, atol = rtol * FLOAT16_FACTOR, atol * FLOAT16_FACTOR
+    ref = reference.astype(np.float64)
+    act = actual.astype(np.float64)
+    finite = np.isfinite(ref)
+    same_nonfinite = np.array_equal(ref[~finite], act[~finite], equal_nan=True)
+    error = np.abs(act[finite] - ref[finite])
+    scale = float(np.abs(ref[finite]).max(initial=0.0))
+    allowed = atol * max(scale, np.finfo(np.float32).tiny) + rtol * np.abs(ref[finite])
+    passed = bool(same_nonfinite and np.all(error <= allowed))
+    return OutputCheck(name, float(error.max(initial=0.0)), scale,
+                       float(atol * scale + rtol * scale), passed)
+
+
+def verify(original: onnx.ModelProto, optimized: onnx.ModelProto, *,
+           input_shapes: dict[str, tuple[int, ...]] | None = None,
+           rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL, seed: int = 0) -> Verification:
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="onnxrep-verify-") as tmp_dir:
+        reference_session = _session(original, tmp_dir, "original")
+        feeds = make_inputs(reference_session, input_shapes or {}, seed)
+        names = [o.name for o in reference_session.get_outputs()]
+        try:
+            reference = reference_session.run(names, feeds)
+        except Exception as error:
+            raise UnsupportedModel(f"onnxruntime cannot run the original model on inputs "
+                                   f"{_shapes(feeds)}: {str(error).strip().splitlines()[0]} "
+                                   f"(set --input-shape)") from None
+        del reference_session
+        actual = _session(optimized, tmp_dir, "optimized").run(names, feeds)
+    checks = tuple(compare(n, r, a, rtol, atol) for n, r, a in zip(names, reference, actual))
+    return Verification(all(c.passed for c in checks), checks, _shapes(feeds),
+                        time.perf_counter() - start)
+
+
+def _shapes(feeds: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in feeds.items()}
