@@ -46,7 +46,7 @@ def optimize(model: onnx.ModelProto | str | os.PathLike, *,
 
     start = time.perf_counter()
     graph = gs.import_onnx(model)
-    engine.rewrite_graph(graph, rules, report)
+    engine.rewrite_graph(graph, rules, report, engine.overridable_initializers(model))
     optimized = engine.export(graph, model)
     report.seconds["optimize"] = time.perf_counter() - start
     report.after = ModelStats.of(optimized)

@@ -14,14 +14,20 @@ from onnxrep.rules import Finding, Rule
 MAX_SWEEPS = 50
 
 
-def rewrite_graph(graph: gs.Graph, rules: Sequence[Rule], report: Report) -> None:
+def overridable_initializers(model: onnx.ModelProto) -> frozenset[str]:
+    """Initializers that are also graph inputs: defaults a caller may override, so not constants."""
+    return frozenset({i.name for i in model.graph.input} & {i.name for i in model.graph.initializer})
+
+
+def rewrite_graph(graph: gs.Graph, rules: Sequence[Rule], report: Report,
+                  overridable: frozenset[str] = frozenset()) -> None:
     """Apply ``rules`` to a fixed point. Refusals are those of the last sweep (the final graph)."""
     for sweep in range(1, MAX_SWEEPS + 1):
         report.sweeps = sweep
         findings: list[Finding] = []
         changed = False
         for rule in rules:
-            ctx = Context.of(graph)
+            ctx = Context.of(graph, overridable)
             matches = []
             for item in rule.find(ctx):  # collect everything before mutating anything
                 (findings if isinstance(item, Finding) else matches).append(item)
@@ -44,6 +50,12 @@ def rewrite_graph(graph: gs.Graph, rules: Sequence[Rule], report: Report) -> Non
 def export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
     """The graph as a model, with everything model-level the original had kept as it was."""
     model = gs.export_onnx(graph, do_type_check=False)
+    # graphsurgeon drops initializers that are also inputs from the input list: restore
+    # the interface exactly, and any such initializer that no node read any more.
+    del model.graph.input[:]
+    model.graph.input.extend(original.graph.input)
+    missing = overridable_initializers(original) - {i.name for i in model.graph.initializer}
+    model.graph.initializer.extend(i for i in original.graph.initializer if i.name in missing)
     del model.opset_import[:]
     model.opset_import.extend(original.opset_import)
     model.ir_version = original.ir_version

@@ -31,12 +31,25 @@ class Context:
 
     graph: gs.Graph
     graph_outputs: set[int] = field(default_factory=set)
+    graph_inputs: set[int] = field(default_factory=set)
     names: set[str] = field(default_factory=set)
 
     @classmethod
-    def of(cls, graph: gs.Graph) -> Context:
-        names = {t for t in graph.tensors()} | {n.name for n in graph.nodes}
-        return cls(graph, {id(t) for t in graph.outputs}, names)
+    def of(cls, graph: gs.Graph, overridable: frozenset[str] = frozenset()) -> Context:
+        """``overridable``: initializers that are also graph inputs (which graphsurgeon hides)."""
+        tensors = graph.tensors()
+        inputs = {id(t) for t in graph.inputs} | {id(tensors[n]) for n in overridable if n in tensors}
+        names = set(tensors) | {n.name for n in graph.nodes}
+        return cls(graph, {id(t) for t in graph.outputs}, inputs, names)
+
+    def constant(self, tensor: gs.Tensor, what: str) -> np.ndarray | Refusal:
+        """The value of a tensor that is provably constant, or why it is not."""
+        if id(tensor) in self.graph_inputs:
+            return Refusal(f"{what} '{tensor.name}' is a graph input (it can be overridden at run time)")
+        value = constant_value(tensor)
+        if value is None:
+            return Refusal(f"{what} '{tensor.name}' is not a constant")
+        return value
 
     def private(self, tensor: gs.Tensor, reader: gs.Node) -> bool:
         """True when ``reader`` is the only thing that reads ``tensor``."""

@@ -11,7 +11,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxrep import kernels
-from onnxrep.graph import Context, constant_value, is_op, sharing
+from onnxrep.graph import Context, is_op, sharing
 from onnxrep.spec import ConvSpec, Refusal
 
 FLOAT_TYPES = (np.float16, np.float32, np.float64)
@@ -34,9 +34,9 @@ class Affine:
 
 
 def _weight(tensor: gs.Tensor, node: gs.Node, ctx: Context, what: str) -> np.ndarray | Refusal:
-    value = constant_value(tensor)
-    if value is None:
-        return Refusal(f"{what} '{tensor.name}' of {node.name or node.op} is not a constant")
+    value = ctx.constant(tensor, f"{what} of {node.name or node.op}")
+    if isinstance(value, Refusal):
+        return value
     shared = sharing(tensor, node, ctx)
     if shared is not None:
         return shared
@@ -118,9 +118,9 @@ def batchnorm(node: gs.Node, ctx: Context) -> Affine | Refusal:
         return Refusal(f"{name} has {len(node.inputs)} inputs, not 5")
     values = []
     for tensor, what in zip(node.inputs[1:5], ("scale", "bias", "mean", "var")):
-        value = constant_value(tensor)
-        if value is None:
-            return Refusal(f"BatchNormalization {what} '{tensor.name}' of {name} is not a constant")
+        value = ctx.constant(tensor, f"{what} of {name}")
+        if isinstance(value, Refusal):
+            return value
         values.append(value)
     if len({v.size for v in values}) > 1 or any(v.ndim != 1 for v in values):
         return Refusal(f"{name} parameters are not vectors of one length")

@@ -217,12 +217,14 @@ def rewrite(ctx: Context, match: Join) -> None:
         anchor = max(branches, key=lambda b: b.spec.cost)
         weight_dtype = next((b.dtype for b in branches if b.dtype is not None), dtype)
         target = output if alone else gs.Variable(ctx.unique(f"{anchor.name}_merged"), dtype=dtype)
-        ctx.emit_conv(anchor.name, branches[0].source, merged, target, np.dtype(weight_dtype),
-                      with_bias=any(b.has_bias for b in branches))
-        operands.append((target, 1))
+        # Branches that all entered negated (a Sub's right side) stay a Sub of a positive conv.
+        sign = -1 if not alone and all(b.sign < 0 for b in branches) else 1
+        ctx.emit_conv(anchor.name, branches[0].source, merged if sign > 0 else merged.negated(), target,
+                      np.dtype(weight_dtype), with_bias=any(b.has_bias for b in branches))
+        operands.append((target, sign))
     if alone:
         return
-    operands += sorted(match.rest, key=lambda o: -o[1])  # a positive operand first
+    operands = sorted(operands + list(match.rest), key=lambda o: -o[1])  # a positive operand first
     if match.root.op == "Sum" and all(sign > 0 for _, sign in operands):
         ctx.graph.nodes.append(gs.Node("Sum", ctx.unique(match.root.name or "Sum"),
                                        inputs=[t for t, _ in operands], outputs=[output]))

@@ -1,0 +1,146 @@
+"""fold_conv_bn: Conv → BatchNormalization becomes one Conv, and every refusal is honoured."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import histogram, optimize_and_check, reasons
+from onnx import TensorProto, helper
+
+from onnxrep.api import select_rules
+from onnxrep.testing import GraphBuilder
+
+ONLY = {"rules": select_rules(only=["fold_conv_bn"])}
+
+
+@pytest.mark.parametrize("kernel,stride,dilation,group,bias,pads", [
+    ((3, 3), 1, 1, 1, True, None),
+    ((3, 3), 1, 1, 1, False, None),
+    ((1, 1), 2, 1, 1, True, [0, 0, 0, 0]),
+    ((3, 3), 2, 2, 2, True, None),
+    ((5, 3), 1, 1, 8, False, [2, 1, 1, 0]),  # depthwise, asymmetric pads
+    ((3,), 1, 1, 1, True, None),             # 1-D
+    ((3, 3, 3), 1, 1, 4, False, None),       # 3-D, grouped
+])
+def test_folds(kernel, stride, dilation, group, bias, pads):
+    b = GraphBuilder(seed=3)
+    x = b.input("x", ["N", 8] + [10] * len(kernel))
+    y = b.bn(b.conv(x, 8, kernel, stride=stride, dilation=dilation, group=group, bias=bias, pads=pads))
+    b.output(b.op("Relu", y))
+    _, report = optimize_and_check(b.model(), {"Conv": 1, "Relu": 1}, **ONLY)
+    assert report.fired["fold_conv_bn"] == 1
+
+
+def test_folds_constant_node_weights_and_old_opset():
+    """Weights as Constant nodes behind Identity; opset 9 BatchNormalization."""
+    b = GraphBuilder(seed=4)
+    x = b.input("x", [1, 4, 8, 8])
+    w, bias = b.conv_weights(4, 6, (3, 3))
+    const = b.node("Constant", [], value=helper.make_tensor("cw", TensorProto.FLOAT, w.shape, w.ravel()))
+    weight = b.node("Identity", [const])
+    y = b.node("Conv", [x, weight, b.constant(bias)], pads=[1, 1, 1, 1])
+    b.channels[y] = 6
+    b.output(b.bn(y))
+    _, report = optimize_and_check(b.model(opset=9), {"Conv": 1}, **ONLY)
+    assert report.fired["fold_conv_bn"] == 1
+
+
+def build_conv_bn(**kwargs):
+    b = GraphBuilder(seed=5)
+    x = b.input("x", [1, 4, 8, 8])
+    conv = b.conv(x, 4, 3)
+    return b, x, conv
+
+
+def test_refuses_conv_output_read_elsewhere():
+    b, x, conv = build_conv_bn()
+    b.output(b.op("Add", b.bn(conv), b.op("Relu", conv)))
+    optimized, report = optimize_and_check(b.model(), {"Conv": 1, "BatchNormalization": 1, "Relu": 1,
+                                                       "Add": 1}, **ONLY)
+    assert "also read by" in reasons(report)
+
+
+def test_refuses_conv_output_that_is_a_graph_output():
+    b, x, conv = build_conv_bn()
+    b.output(b.bn(conv))
+    b.output(conv)
+    _, report = optimize_and_check(b.model(), {"Conv": 1, "BatchNormalization": 1}, **ONLY)
+    assert "a graph output" in reasons(report)
+
+
+def test_refuses_weight_that_is_a_graph_input():
+    b = GraphBuilder(seed=6)
+    x = b.input("x", [1, 4, 8, 8])
+    w = b.input("w", [4, 4, 3, 3])
+    y = b.node("Conv", [x, w], pads=[1, 1, 1, 1])
+    b.channels[y] = 4
+    b.output(b.bn(y))
+    model = b.model()
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.standard_normal((1, 4, 8, 8)).astype(np.float32),
+             "w": rng.standard_normal((4, 4, 3, 3)).astype(np.float32)}
+    _, report = optimize_and_check(model, {"Conv": 1, "BatchNormalization": 1}, feeds=feeds, **ONLY)
+    assert "graph input" in reasons(report)
+
+
+def test_refuses_initializer_that_is_also_a_graph_input():
+    """IR 3 style: a weight listed among the inputs can be overridden at run time."""
+    b, x, conv = build_conv_bn()
+    b.output(b.bn(conv))
+    model = b.model()
+    weight = next(i for i in model.graph.initializer if i.dims == [4, 4, 3, 3])
+    model.graph.input.append(helper.make_tensor_value_info(weight.name, TensorProto.FLOAT, weight.dims))
+    optimized, report = optimize_and_check(model, {"Conv": 1, "BatchNormalization": 1}, **ONLY)
+    assert "graph input" in reasons(report)
+
+
+def test_refuses_shared_weight_and_never_edits_it():
+    b = GraphBuilder(seed=7)
+    x = b.input("x", [1, 4, 8, 8])
+    w, _ = b.conv_weights(4, 4, (3, 3), bias=False)
+    shared = b.constant(w, "shared_w")
+    y1 = b.node("Conv", [x, shared], pads=[1, 1, 1, 1])
+    y2 = b.node("Conv", [x, shared], pads=[1, 1, 1, 1])
+    b.channels[y1] = 4
+    b.output(b.bn(y1))
+    b.output(y2)
+    optimized, report = optimize_and_check(b.model(), {"Conv": 2, "BatchNormalization": 1}, **ONLY)
+    assert "shared" in reasons(report)
+    kept = next(i for i in optimized.graph.initializer if i.name == "shared_w")
+    np.testing.assert_array_equal(np.frombuffer(kept.raw_data, np.float32).reshape(w.shape), w)
+
+
+def test_refuses_training_mode_bn():
+    b, x, conv = build_conv_bn()
+    y = b.node("BatchNormalization", [conv, *[b.constant(p) for p in b.bn_params(4)]], training_mode=1)
+    b.output(y)
+    model = b.model(opset=15)
+    optimized, report = __import__("onnxrep").optimize(model, check=False, **ONLY)
+    assert histogram(optimized) == {"Conv": 1, "BatchNormalization": 1}
+    assert "training mode" in reasons(report)
+
+
+def test_refuses_non_constant_bn_parameters():
+    b, x, conv = build_conv_bn()
+    mean = b.input("mean", [4])
+    params = [b.constant(p) for p in b.bn_params(4)]
+    b.output(b.node("BatchNormalization", [conv, params[0], params[1], mean, params[3]]))
+    model = b.model()
+    feeds = {"x": np.ones((1, 4, 8, 8), np.float32), "mean": np.arange(4, dtype=np.float32)}
+    _, report = optimize_and_check(model, {"Conv": 1, "BatchNormalization": 1}, feeds=feeds, **ONLY)
+    assert "graph input" in reasons(report)
+
+
+def test_preserves_io_names_dynamic_dims_opset_and_metadata():
+    b, x, conv = build_conv_bn()
+    b.inputs[0] = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, "h", "w"])
+    b.output(b.bn(conv), ["batch", 4, "h", "w"])
+    model = b.model(opset=13)
+    helper.set_model_props(model, {"author": "someone"})
+    model.doc_string = "doc"
+    optimized, _ = optimize_and_check(model, {"Conv": 1}, **ONLY)
+    assert optimized.graph.input == model.graph.input
+    assert optimized.graph.output == model.graph.output
+    assert optimized.opset_import == model.opset_import
+    assert optimized.metadata_props == model.metadata_props
+    assert optimized.doc_string == "doc" and optimized.ir_version == model.ir_version
