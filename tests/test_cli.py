@@ -1,0 +1,109 @@
+"""The CLI through the real console script, as a user meets it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from onnxrep import cli
+from onnxrep.rules import RULES_BY_NAME, Rule
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+SAMPLE = MODELS / "repvgg.train.onnx"
+
+
+def onnxrep_cmd(*args, cwd=None):
+    exe = shutil.which("onnxrep")
+    assert exe, "the onnxrep console script is not installed"
+    return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def test_optimize_prints_report_and_writes(tmp_path):
+    out = tmp_path / "out.onnx"
+    digest = hashlib.sha256(SAMPLE.read_bytes()).hexdigest()
+    result = onnxrep_cmd("optimize", SAMPLE, out, "--json", tmp_path / "r.json")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    for text in ("BatchNormalization", "nodes", "parameters", "file size", "fold_conv_bn ×16",
+                 "merge_parallel ×8", "verification: passed", "max abs error", f"wrote {out}"):
+        assert text in result.stdout, text
+    onnx.checker.check_model(onnx.load(out), full_check=True)
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["rules_fired"] == {"fold_conv_bn": 16, "merge_parallel": 8}
+    assert report["verification"]["passed"] and report["after"]["nodes"] == 19
+    assert hashlib.sha256(SAMPLE.read_bytes()).hexdigest() == digest
+
+
+def test_quiet_no_verify_only_skip(tmp_path):
+    result = onnxrep_cmd("optimize", SAMPLE, tmp_path / "a.onnx", "-q", "--no-verify", "--only", "fold_conv_bn")
+    assert result.returncode == 0 and result.stdout == "" and result.stderr == ""
+    ops = [n.op_type for n in onnx.load(tmp_path / "a.onnx").graph.node]
+    assert "BatchNormalization" in ops and ops.count("Add") == 13  # identity BNs stay; no merges
+    result = onnxrep_cmd("optimize", SAMPLE, tmp_path / "b.onnx", "--skip", "merge_parallel", "--no-verify")
+    assert "verification: skipped" in result.stdout and "merge_parallel" not in result.stdout
+
+
+def test_input_shape_option(tmp_path):
+    result = onnxrep_cmd("optimize", SAMPLE, tmp_path / "o.onnx", "--input-shape", "input:4x3x32x32")
+    assert result.returncode == 0 and "input=4x3x32x32" in result.stdout
+    bad = onnxrep_cmd("optimize", SAMPLE, tmp_path / "o.onnx", "--input-shape", "input:4xx")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_unknown_rule_is_a_usage_error(tmp_path):
+    result = onnxrep_cmd("optimize", SAMPLE, tmp_path / "o.onnx", "--only", "nope")
+    assert result.returncode == 2 and "unknown rule" in result.stderr
+
+
+def test_rules_and_help():
+    result = onnxrep_cmd("rules")
+    assert result.returncode == 0
+    assert [line.split()[0] for line in result.stdout.splitlines()] == list(RULES_BY_NAME)
+    assert "Exit codes" in onnxrep_cmd("optimize", "--help").stdout
+    assert onnxrep_cmd("--version").stdout.startswith("onnxrep, version")
+
+
+def test_python_dash_m(tmp_path):
+    exe = shutil.which("python") or shutil.which("python3")
+    result = subprocess.run([exe, "-m", "onnxrep", "rules"], capture_output=True, text=True)
+    assert result.returncode == 0 and "merge_parallel" in result.stdout
+
+
+def _broken_rule():
+    """merge_parallel, made wrong on purpose: it flips the sign of every merged conv."""
+    from onnxrep.rules import merge_parallel
+
+    def find(ctx):
+        for item in merge_parallel.find(ctx):
+            if hasattr(item, "merges"):
+                merges = tuple((spec.negated(), branches) for spec, branches in item.merges)
+                item = merge_parallel.Join(item.root, item.joins, merges, item.rest)
+            yield item
+    return Rule("broken", "negates merged convs", find, merge_parallel.rewrite)
+
+
+def test_verification_failure_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "select_rules", lambda only, skip: (RULES_BY_NAME["fold_conv_bn"], _broken_rule()))
+    out = tmp_path / "out.onnx"
+    result = CliRunner().invoke(cli.main, ["optimize", str(SAMPLE), str(out)])
+    assert result.exit_code == 9, result.output
+    assert "verification failed" in result.output and "Traceback" not in result.output
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("flags", [[], ["--no-verify"]])
+def test_internal_error_is_one_line(tmp_path, monkeypatch, flags):
+    def explode(*args, **kwargs):
+        raise RuntimeError("boom")
+    monkeypatch.setattr(cli, "optimize", explode)
+    result = CliRunner().invoke(cli.main, ["optimize", str(SAMPLE), str(tmp_path / "o.onnx"), *flags])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        "onnxrep: internal error: RuntimeError: boom (please report it; --debug shows the traceback)"]
