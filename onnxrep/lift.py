@@ -26,11 +26,70 @@ class LiftedConv:
 
 @dataclass(frozen=True, eq=False)
 class Affine:
-    """``y = scale * x + shift`` per channel (axis 1); both ``(C,)`` float64."""
+    """``y = scale * x + shift`` per channel (axis 1); both ``(C,)`` float64 (or scalars)."""
 
+    source: gs.Tensor
     scale: np.ndarray
     shift: np.ndarray
     dtype: np.dtype
+
+    def per_channel(self, channels: int) -> tuple[np.ndarray, np.ndarray]:
+        return (np.broadcast_to(self.scale, (channels,)).astype(np.float64),
+                np.broadcast_to(self.shift, (channels,)).astype(np.float64))
+
+
+ELEMENTWISE = ("Mul", "Div", "Add", "Sub", "Neg")
+
+
+def affine(node: gs.Node, ctx: Context, rank: int | None) -> Affine | Refusal | None:
+    """A BatchNormalization, or Mul/Div/Add/Sub/Neg by a per-channel constant, as an affine.
+
+    ``rank`` is the rank of the non-constant input when known: a constant of
+    shape (C, 1, 1) is per-channel only for a rank-4 input. None when the node
+    is no such op at all (e.g. an Add of two computed tensors).
+    """
+    if is_op(node, "BatchNormalization"):
+        return batchnorm(node, ctx)
+    if not is_op(node, *ELEMENTWISE) or len(node.outputs) != 1:
+        return None
+    if node.op == "Neg":
+        return Affine(node.inputs[0], np.array(-1.0), np.array(0.0), node.inputs[0].dtype)
+    a, b = node.inputs
+    a_value, b_value = (ctx.constant(t, "operand") for t in (a, b))
+    if isinstance(a_value, Refusal) == isinstance(b_value, Refusal):
+        return None  # both computed (a join, not an affine) or both constant
+    const_first = not isinstance(a_value, Refusal)
+    source, value = (b, a_value) if const_first else (a, b_value)
+    if node.op == "Div" and const_first:
+        return None  # c / x is not linear in x
+    if value.dtype.type not in FLOAT_TYPES:
+        return Refusal(f"{node.name}: constant of dtype {value.dtype}")
+    per_channel = _per_channel(value, rank)
+    if isinstance(per_channel, Refusal):
+        return Refusal(f"{node.name}: {per_channel.reason}")
+    one, zero = np.array(1.0), np.array(0.0)
+    scale, shift = {
+        "Mul": (per_channel, zero),
+        "Div": (1.0 / per_channel, zero),
+        "Add": (one, per_channel),
+        "Sub": ((-one, per_channel) if const_first else (one, -per_channel)),
+    }[node.op]
+    return Affine(source, scale, shift, source.dtype if source.dtype is not None else value.dtype)
+
+
+def _per_channel(value: np.ndarray, rank: int | None) -> np.ndarray | Refusal:
+    """The constant as a scalar or a (C,) vector, if it broadcasts along the channel axis only."""
+    value = np.asarray(value, np.float64)
+    if value.size == 1 and (rank is None or value.ndim <= rank):
+        return value.reshape(())
+    if rank is None:
+        return Refusal("the input rank is unknown")
+    if value.ndim > rank:
+        return Refusal(f"constant of shape {value.shape} broadcasts the output")
+    shape = (1,) * (rank - value.ndim) + value.shape
+    if shape[0] != 1 or any(d != 1 for d in shape[2:]):
+        return Refusal(f"constant of shape {value.shape} is not per-channel")
+    return value.reshape(-1)
 
 
 def _weight(tensor: gs.Tensor, node: gs.Node, ctx: Context, what: str) -> np.ndarray | Refusal:
@@ -126,4 +185,4 @@ def batchnorm(node: gs.Node, ctx: Context) -> Affine | Refusal:
         return Refusal(f"{name} parameters are not vectors of one length")
     dtype = node.inputs[0].dtype if node.inputs[0].dtype is not None else values[0].dtype
     scale, shift = kernels.bn_affine(*values, eps=float(node.attrs.get("epsilon", 1e-5)))
-    return Affine(scale, shift, np.dtype(dtype))
+    return Affine(node.inputs[0], scale, shift, np.dtype(dtype))

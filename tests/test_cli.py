@@ -31,18 +31,18 @@ def test_optimize_prints_report_and_writes(tmp_path):
     result = onnxrep_cmd("optimize", SAMPLE, out, "--json", tmp_path / "r.json")
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
-    for text in ("BatchNormalization", "nodes", "parameters", "file size", "fold_conv_bn ×16",
+    for text in ("BatchNormalization", "nodes", "parameters", "file size", "fold_conv_affine ×16",
                  "merge_parallel ×8", "verification: passed", "max abs error", f"wrote {out}"):
         assert text in result.stdout, text
     onnx.checker.check_model(onnx.load(out), full_check=True)
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["rules_fired"] == {"fold_conv_bn": 16, "merge_parallel": 8}
+    assert report["rules_fired"] == {"fold_conv_affine": 16, "merge_parallel": 8}
     assert report["verification"]["passed"] and report["after"]["nodes"] == 19
     assert hashlib.sha256(SAMPLE.read_bytes()).hexdigest() == digest
 
 
 def test_quiet_no_verify_only_skip(tmp_path):
-    result = onnxrep_cmd("optimize", SAMPLE, tmp_path / "a.onnx", "-q", "--no-verify", "--only", "fold_conv_bn")
+    result = onnxrep_cmd("optimize", SAMPLE, tmp_path / "a.onnx", "-q", "--no-verify", "--only", "fold_conv_affine")
     assert result.returncode == 0 and result.stdout == "" and result.stderr == ""
     ops = [n.op_type for n in onnx.load(tmp_path / "a.onnx").graph.node]
     assert "BatchNormalization" in ops and ops.count("Add") == 13  # identity BNs stay; no merges
@@ -90,7 +90,7 @@ def _broken_rule():
 
 
 def test_verification_failure_writes_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "select_rules", lambda only, skip: (RULES_BY_NAME["fold_conv_bn"], _broken_rule()))
+    monkeypatch.setattr(cli, "select_rules", lambda only, skip: (RULES_BY_NAME["fold_conv_affine"], _broken_rule()))
     out = tmp_path / "out.onnx"
     result = CliRunner().invoke(cli.main, ["optimize", str(SAMPLE), str(out)])
     assert result.exit_code == 9, result.output

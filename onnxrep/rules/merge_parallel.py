@@ -93,8 +93,8 @@ def _lift(tensor: gs.Tensor, sign: int, reader: gs.Node, ctx: Context,
           ranks: dict[int, int]) -> Branch | Refusal | None:
     """The operand as a branch of its source; None when it is no linear op at all.
 
-    ``ranks`` maps a source tensor to its spatial rank, as learnt from Conv
-    branches, for BatchNormalization branches whose shapes were not exported.
+    ``ranks`` maps a source tensor to its (spatial rank, channels), as learnt
+    from Conv branches, for affine branches whose shapes were not exported.
     """
     node = producer(tensor)
     if is_op(node, "Conv"):
@@ -102,27 +102,45 @@ def _lift(tensor: gs.Tensor, sign: int, reader: gs.Node, ctx: Context,
         if isinstance(lifted, Refusal):
             return lifted
         conv_spec, dtype, has_bias = lifted.spec, lifted.dtype, lifted.has_bias
-    elif is_op(node, "BatchNormalization"):
-        affine = lift.batchnorm(node, ctx)
+        tensor_source = node.inputs[0]
+    elif is_op(node, "BatchNormalization", *lift.ELEMENTWISE):
+        known = [r for t in node.inputs if (r := _spatial_rank(t, ranks)) is not None]
+        affine = lift.affine(node, ctx, known[0] + 2 if known else None)
+        if affine is None:
+            return None
         if isinstance(affine, Refusal):
             return affine
-        nd = _spatial_rank(node.inputs[0], ranks)
-        if nd is None:
-            return Refusal(f"the rank of {node.name}'s input is unknown")
-        conv_spec = spec.diagonal(affine.scale, affine.shift, nd, cost=affine.scale.size)
-        dtype, has_bias = affine.dtype, True
+        nd = _spatial_rank(affine.source, ranks)
+        channels = _channels(affine, ranks)
+        if nd is None or channels is None:
+            return Refusal(f"the rank or channel count of {node.name}'s input is unknown")
+        scale, shift = affine.per_channel(channels)
+        conv_spec = spec.diagonal(scale, shift, nd, cost=channels)
+        dtype, has_bias = affine.dtype, bool(shift.any())
+        tensor_source = affine.source
     else:
         return None
     if not ctx.private(tensor, reader):
         return Refusal(f"output of {node.name} is also read by {ctx.readers(tensor, reader)}")
     if sign < 0:
         conv_spec = conv_spec.negated()
-    return Branch(tensor, sign, node.inputs[0], conv_spec, (node,), node.name, dtype, has_bias)
+    return Branch(tensor, sign, tensor_source, conv_spec, (node,), node.name, dtype, has_bias)
 
 
-def _spatial_rank(tensor: gs.Tensor, ranks: dict[int, int]) -> int | None:
+def _channels(affine: lift.Affine, ranks: dict[int, tuple[int, int]]) -> int | None:
+    """Channels of an affine branch: its parameters', a sibling conv's, or the exported shape's."""
+    sizes = {affine.scale.size, affine.shift.size} - {1}
+    if sizes:
+        return sizes.pop() if len(sizes) == 1 else None
+    if id(affine.source) in ranks:
+        return ranks[id(affine.source)][1]
+    shape = affine.source.shape
+    return shape[1] if shape is not None and len(shape) > 1 and isinstance(shape[1], int) else None
+
+
+def _spatial_rank(tensor: gs.Tensor, ranks: dict[int, tuple[int, int]]) -> int | None:
     if id(tensor) in ranks:
-        return ranks[id(tensor)]
+        return ranks[id(tensor)][0]
     if tensor.shape is not None and len(tensor.shape) >= 3:
         return len(tensor.shape) - 2
     return None
@@ -152,8 +170,10 @@ def find(ctx: Context) -> Iterator[Join | Finding]:
         ranks = {}
         for tensor, _, _ in operands:
             conv = producer(tensor)
-            if is_op(conv, "Conv") and len(conv.inputs) > 1 and conv.inputs[1].shape:
-                ranks[id(conv.inputs[0])] = len(conv.inputs[1].shape) - 2
+            weight = conv.inputs[1] if is_op(conv, "Conv") and len(conv.inputs) > 1 else None
+            if weight is not None and weight.shape and isinstance(weight.shape[1], int):
+                group = int(conv.attrs.get("group", 1))
+                ranks[id(conv.inputs[0])] = (len(weight.shape) - 2, weight.shape[1] * group)
         lifted = [_lift(t, s, reader, ctx, ranks) for t, s, reader in operands]
         branches_of = {}
         for b in lifted:

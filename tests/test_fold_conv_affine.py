@@ -1,4 +1,4 @@
-"""fold_conv_bn: Conv → BatchNormalization becomes one Conv, and every refusal is honoured."""
+"""fold_conv_affine: Conv → BatchNormalization becomes one Conv, and every refusal is honoured."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from onnx import TensorProto, helper
 from onnxrep.api import select_rules
 from onnxrep.testing import GraphBuilder
 
-ONLY = {"rules": select_rules(only=["fold_conv_bn"])}
+ONLY = {"rules": select_rules(only=["fold_conv_affine"])}
 
 
 @pytest.mark.parametrize("kernel,stride,dilation,group,bias,pads", [
@@ -28,7 +28,7 @@ def test_folds(kernel, stride, dilation, group, bias, pads):
     y = b.bn(b.conv(x, 8, kernel, stride=stride, dilation=dilation, group=group, bias=bias, pads=pads))
     b.output(b.op("Relu", y))
     _, report = optimize_and_check(b.model(), {"Conv": 1, "Relu": 1}, **ONLY)
-    assert report.fired["fold_conv_bn"] == 1
+    assert report.fired["fold_conv_affine"] == 1
 
 
 def test_folds_constant_node_weights_and_old_opset():
@@ -42,7 +42,7 @@ def test_folds_constant_node_weights_and_old_opset():
     b.channels[y] = 6
     b.output(b.bn(y))
     _, report = optimize_and_check(b.model(opset=9), {"Conv": 1}, **ONLY)
-    assert report.fired["fold_conv_bn"] == 1
+    assert report.fired["fold_conv_affine"] == 1
 
 
 def build_conv_bn(**kwargs):
@@ -144,3 +144,78 @@ def test_preserves_io_names_dynamic_dims_opset_and_metadata():
     assert optimized.opset_import == model.opset_import
     assert optimized.metadata_props == model.metadata_props
     assert optimized.doc_string == "doc" and optimized.ir_version == model.ir_version
+
+
+# ---- per-channel elementwise ops ---------------------------------------------------------------
+
+def per_channel(b, shape):
+    return b.constant((b.rng.uniform(0.5, 1.5, shape) * b.rng.choice([-1, 1], shape)).astype(np.float32))
+
+
+@pytest.mark.parametrize("op,const_shape,const_first", [
+    ("Mul", (8, 1, 1), False), ("Mul", (1, 8, 1, 1), True), ("Mul", (), False),
+    ("Div", (8, 1, 1), False), ("Add", (8, 1, 1), True), ("Sub", (8, 1, 1), False),
+    ("Sub", (1, 8, 1, 1), True), ("Add", (1,), False),
+])
+def test_folds_per_channel_elementwise(op, const_shape, const_first):
+    b = GraphBuilder(seed=8)
+    x = b.input("x", [1, 4, 8, 8])
+    conv = b.conv(x, 8, 3, bias=False)
+    c = per_channel(b, const_shape)
+    b.output(b.node(op, [c, conv] if const_first else [conv, c]))
+    _, report = optimize_and_check(b.model(), {"Conv": 1})
+    assert report.fired["fold_conv_affine"] == 1
+
+
+def test_folds_neg_and_chains_of_affines():
+    b = GraphBuilder(seed=9)
+    x = b.input("x", [1, 4, 8, 8])
+    y = b.op("Neg", b.conv(x, 4, 3))
+    y = b.node("Mul", [y, per_channel(b, (4, 1, 1))])
+    b.output(b.node("Add", [y, per_channel(b, (1, 4, 1, 1))]))
+    optimize_and_check(b.model(), {"Conv": 1})
+
+
+@pytest.mark.parametrize("const_shape,reason", [
+    ((8,), "not per-channel"),          # a 1-D constant broadcasts along the last axis (W)
+    ((8, 1, 1), "not per-channel"),     # for a 3-D conv (rank 5) this is axis 2, not channels
+    ((1, 8, 8, 8), "not per-channel"),  # per position
+    ((2, 1, 8, 1, 1), "not per-channel"),
+])
+def test_refuses_non_per_channel_constants(const_shape, reason):
+    rank3 = len(const_shape) >= 3 and const_shape != (1, 8, 8, 8)
+    b = GraphBuilder(seed=10)
+    shape = [1, 4, 8, 8, 8] if rank3 else [1, 4, 8, 8]
+    x = b.input("x", shape)
+    conv = b.conv(x, 8, (3,) * (len(shape) - 2), bias=False)
+    b.output(b.node("Mul", [conv, per_channel(b, const_shape)]))
+    _, report = optimize_and_check(b.model(), {"Conv": 1, "Mul": 1})
+    assert reason in reasons(report)
+
+
+def test_layer_scale_branch_merges():
+    """conv(x) + γ·x: the scaled identity is a diagonal branch."""
+    b = GraphBuilder(seed=11)
+    x = b.input("x", [1, 8, 8, 8])
+    y = b.op("Add", b.conv(x, 8, 3, group=8), b.node("Mul", [x, per_channel(b, (8, 1, 1))]))
+    b.output(y)
+    optimize_and_check(b.model(), {"Conv": 1})
+
+
+def test_fastvit_repmixer():
+    """x + γ·(BN(dwconv(x)) − BN(x)) → one depthwise conv."""
+    b = GraphBuilder(seed=12)
+    x = b.input("x", ["N", 8, 8, 8])
+    mixer = b.op("Sub", b.bn(b.conv(x, 8, 3, group=8, bias=False)), b.bn(x))
+    b.output(b.op("Add", x, b.node("Mul", [mixer, per_channel(b, (8, 1, 1))])))
+    optimized, _ = optimize_and_check(b.model(), {"Conv": 1})
+
+
+def test_repvit_bn_after_join():
+    """BN(BN(dw3x3(x)) + dw1x1(x) + x) → one depthwise conv (RepViT's RepVGGDW)."""
+    b = GraphBuilder(seed=13)
+    x = b.input("x", ["N", 8, 8, 8])
+    y = b.op("Add", b.op("Add", b.bn(b.conv(x, 8, 3, group=8)), b.conv(x, 8, 1, group=8, pads=[0] * 4)), x)
+    b.output(b.bn(y))
+    _, report = optimize_and_check(b.model(), {"Conv": 1})
+    assert report.fired == {"fold_conv_affine": 2, "merge_parallel": 1}
