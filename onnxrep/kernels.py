@@ -85,3 +85,38 @@ def pad_kernel(weight, before, after) -> np.ndarray:
     """Zero-pad a kernel's spatial axes: ``before[i]`` taps in front of axis i, ``after[i]`` behind."""
     weight = np.asarray(weight, np.float64)
     return np.pad(weight, [(0, 0), (0, 0)] + [(int(b), int(a)) for b, a in zip(before, after)])
+
+
+def ungroup(weight, group: int) -> np.ndarray:
+    """The dense ``(Cout, Cin, *k)`` kernel of a grouped one: the inverse of regroup to 1."""
+    return regroup(weight, group, 1)
+
+
+def to_groups(dense, group: int) -> np.ndarray:
+    """The ``group``-group kernel of a block-diagonal dense ``(Cout, Cin, *k)`` kernel."""
+    dense = np.asarray(dense, np.float64)
+    cout, cin = dense.shape[:2]
+    out_per, in_per = cout // group, cin // group
+    blocks = dense.reshape(group, out_per, group, in_per, *dense.shape[2:])
+    return blocks[np.arange(group), :, np.arange(group)].reshape(cout, in_per, *dense.shape[2:])
+
+
+def compose(first, first_group: int, second, second_group: int) -> tuple[np.ndarray, int]:
+    """The kernel of ``second(first(x))`` when one of them is 1x1 (no pads, no stride in between).
+
+    first: (C1, C0/g1, *k1), second: (C2, C1/g2, *k2), one of k1, k2 all ones.
+    Returns the kernel with the spatial shape of the other and its groups,
+    gcd(g1, g2): each output then still reads whole groups of inputs.
+    """
+    a, b = ungroup(first, first_group), ungroup(second, second_group)
+    if all(k == 1 for k in a.shape[2:]):
+        dense = np.einsum("om...,mi->oi...", b, a.reshape(a.shape[:2]))
+    else:
+        dense = np.einsum("om,mi...->oi...", b.reshape(b.shape[:2]), a)
+    group = int(np.gcd(first_group, second_group))
+    return to_groups(dense, group), group
+
+
+def average_kernel(channels: int, kernel_shape) -> np.ndarray:
+    """AveragePool (pads counted) as a depthwise kernel ``(C, 1, *k)`` of 1/(k1·k2·…)."""
+    return np.full((channels, 1, *kernel_shape), 1.0 / float(np.prod(kernel_shape)))

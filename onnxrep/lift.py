@@ -186,3 +186,26 @@ def batchnorm(node: gs.Node, ctx: Context) -> Affine | Refusal:
     dtype = node.inputs[0].dtype if node.inputs[0].dtype is not None else values[0].dtype
     scale, shift = kernels.bn_affine(*values, eps=float(node.attrs.get("epsilon", 1e-5)))
     return Affine(node.inputs[0], scale, shift, np.dtype(dtype))
+
+
+def average_pool(node: gs.Node, channels: int | None) -> ConvSpec | Refusal:
+    """An AveragePool as a depthwise conv of 1/(k1·k2·…), when its padding counts as zeros."""
+    if not is_op(node, "AveragePool"):
+        return Refusal(f"{node.op} is not an AveragePool")
+    if channels is None:
+        return Refusal(f"the channel count of {node.name}'s input is unknown")
+    attrs = node.attrs
+    kernel_shape = tuple(attrs["kernel_shape"])
+    nd = len(kernel_shape)
+    strides = tuple(attrs.get("strides", (1,) * nd))
+    dilations = tuple(attrs.get("dilations", (1,) * nd))
+    if attrs.get("ceil_mode", 0):
+        return Refusal(f"{node.name} uses ceil_mode (partial windows at the end)")
+    pads = _pads(attrs, kernel_shape, strides, dilations)
+    if isinstance(pads, Refusal):
+        return Refusal(f"{node.name}: {pads.reason}")
+    if any(pads) and not attrs.get("count_include_pad", 0):
+        return Refusal(f"{node.name} pads but does not count the pads (count_include_pad=0, ONNX's "
+                       "default): border windows divide by fewer taps")
+    weight = kernels.average_kernel(channels, kernel_shape)
+    return ConvSpec(weight, np.zeros(channels), strides, pads, dilations, channels, int(weight.size))

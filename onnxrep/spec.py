@@ -150,3 +150,51 @@ def merge_parallel(specs: list[ConvSpec]) -> ConvSpec | Refusal:
             f"multiply-adds per pixel, more than the {cost} of the branches")
     return ConvSpec(weight, bias, first.strides, tuple(pad_begin + pad_end), dilation,
                     group, weight.size)
+
+
+def _is_pointwise(s: ConvSpec) -> bool:
+    return all(k == 1 for k in s.kernel_shape) and not any(s.pads)
+
+
+def merge_sequential(first: ConvSpec, second: ConvSpec, *, first_bias_padded: bool = False,
+                     check_cost: bool = True) -> ConvSpec | Refusal:
+    """``second(first(X))`` as one conv, when exact and not costlier.
+
+    Exact when one of the two is a pointwise (1x1, unpadded) conv:
+      - first pointwise and stride 1: the result has second's geometry. If
+        second pads, it pads first's *output* with zeros where the merged conv
+        would see first's bias, so first's bias must be zero — or the
+        intermediate is known to be padded with that bias (DBB's BNAndPad).
+      - second pointwise: the result has first's geometry, strides multiplied.
+    Cost is compared per output pixel, counting the first conv's extra pixels
+    when the second one strides. With ``check_cost=False`` (a chain inside a
+    branch, whose cost the parallel merge checks as a whole) the result carries
+    the two ops' summed cost instead of its own.
+    """
+    if first.out_channels != second.in_channels or first.spatial_dims != second.spatial_dims:
+        return Refusal("the convs' channels do not chain")
+    if _is_pointwise(first) and all(s == 1 for s in first.strides):
+        if any(second.pads) and np.any(first.bias) and not first_bias_padded:
+            return Refusal("the second conv pads with zeros where the merged conv would see the "
+                           "first conv's bias (not exact)")
+        weight, group = kernels.compose(first.weight, first.group, second.weight, second.group)
+        taps_summed = kernels.ungroup(second.weight, second.group).reshape(
+            second.out_channels, first.out_channels, -1).sum(axis=2)
+        bias = second.bias + taps_summed @ first.bias
+        geometry = second
+        strides = second.strides
+    elif _is_pointwise(second):
+        weight, group = kernels.compose(first.weight, first.group, second.weight, second.group)
+        bias = second.bias + kernels.ungroup(second.weight, second.group).reshape(
+            second.out_channels, -1) @ first.bias
+        geometry = first
+        strides = tuple(a * b for a, b in zip(first.strides, second.strides))
+    else:
+        return Refusal("neither conv is 1x1 without pads (a kxk→kxk chain grows the kernel)")
+    pixels = int(np.prod(second.strides))  # first runs on this many pixels per output pixel
+    cost = first.cost * pixels + second.cost
+    if check_cost and weight.size > cost:
+        return Refusal(f"merged kernel {tuple(weight.shape)} would cost {weight.size} multiply-adds per "
+                       f"pixel, more than the {cost} of the two")
+    return ConvSpec(weight, bias, strides, geometry.pads, geometry.dilations, group,
+                    weight.size if check_cost else cost)

@@ -201,3 +201,29 @@ def test_refuses_add_that_broadcasts_spatially():
     pooled = b.conv(x, C, 8, pads=[0] * 4)  # 1x1 spatial output
     b.output(b.op("Add", pooled, x))
     refused(b.model(), {"Conv": 1, "Add": 1}, "broadcasts")
+
+
+def test_diverse_branch_block_chains():
+    """DBB: kxk conv-BN + 1x1 conv-BN + (1x1 conv → avg-pool → BN) + (1x1 conv → kxk conv-BN) → one conv.
+
+    The chains are costlier alone; inside the block they cost nothing extra.
+    """
+    b = GraphBuilder(23)
+    x = b.input("x", ["N", C, 10, 10])
+    kxk = b.bn(b.conv(x, C, 3, bias=False))
+    k1 = b.bn(b.conv(x, C, 1, pads=[0] * 4, bias=False))
+    avg = b.bn(b.op("AveragePool", b.conv(x, C, 1, pads=[0] * 4, bias=False), kernel_shape=[3, 3],
+                    pads=[1, 1, 1, 1], count_include_pad=1))
+    k1kxk = b.bn(b.conv(b.conv(x, C, 1, pads=[0] * 4, bias=False), C, 3, bias=False))
+    b.output(b.op("Relu", b.op("Add", b.op("Add", b.op("Add", kxk, k1), avg), k1kxk)))
+    _, report = optimize_and_check(b.model(), {"Conv": 1, "Relu": 1})
+    assert report.fired["merge_parallel"] == 1
+
+
+def test_chain_with_bias_before_padding_is_cut_short():
+    """1x1 conv with bias → 3x3 conv that zero-pads: not exact as one conv, so the chain stops there."""
+    b = GraphBuilder(24)
+    x = b.input("x", [1, C, 10, 10])
+    chained = b.conv(b.conv(x, C, 1, pads=[0] * 4), C, 3)
+    b.output(b.op("Add", b.conv(x, C, 3), chained))
+    optimize_and_check(b.model(), {"Conv": 3, "Add": 1})

@@ -32,13 +32,14 @@ class Rule:
     rewrite: Callable[[Context, Any], None]
 
 
-from onnxrep.rules import fold_conv_affine, fold_pad_conv, merge_parallel  # noqa: E402  (the modules need Rule)
+from onnxrep.rules import fold_conv_affine, fold_pad_conv, fold_sequential, merge_parallel  # noqa: E402  (the modules need Rule)
 
 #: Order matters within a sweep: folding Conv→BN (and other affines) first turns conv-BN branches into
 #: plain Conv branches that merge_parallel can lift.
 DEFAULT_RULES: tuple[Rule, ...] = (
     fold_pad_conv.RULE,
     fold_conv_affine.RULE,
+    fold_sequential.RULE,
     merge_parallel.RULE,
 )
 

@@ -1,0 +1,97 @@
+"""fold_sequential: two chained convs (or a conv and an AveragePool), one of them 1x1, become one Conv.
+
+Before:  X → Conv_a (1x1) → T → Conv_b (kxk)  → Y         (DBB's 1x1 → kxk branch)
+         X → Conv_a (kxk) → T → Conv_b (1x1)  → Y
+         X → Conv_a (1x1) → T → AveragePool   → Y         (DBB's 1x1 → avg branch)
+After:   X → Conv (kxk) → Y
+
+Conditions (spec.merge_sequential holds the algebra):
+  1. T is read by the second op only, and is not a graph output.
+  2. Weights are constants read by their conv only; an AveragePool counts
+     its pads (count_include_pad=1) or has none, and no ceil_mode.
+  3. The 1x1 op has no pads; a first 1x1 op has stride 1; if the second op
+     pads, the first conv's bias is zero (zero padding of T is not the bias
+     the merged conv would see).
+  4. The merged conv costs no more multiply-adds than the two it replaces
+     (a 1x1 bottleneck widening into a 3x3 would be slower: not merged).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxrep import lift, spec
+from onnxrep.graph import Context, is_op, producer
+from onnxrep.rules import Finding, Rule
+from onnxrep.spec import ConvSpec, Refusal
+
+NAME = "fold_sequential"
+OPS = ("Conv", "AveragePool")
+
+
+@dataclass(frozen=True, eq=False)
+class Chain:
+    first: gs.Node
+    second: gs.Node
+    merged: ConvSpec
+    dtype: np.dtype
+
+    @property
+    def nodes(self) -> tuple[gs.Node, ...]:
+        return (self.first, self.second)
+
+
+def _lift_pair(first: gs.Node, second: gs.Node, ctx: Context):
+    """Both ops as specs; an AveragePool takes its channel count from the conv beside it."""
+    convs = {id(n): lift.conv(n, ctx) for n in (first, second) if is_op(n, "Conv")}
+    for lifted in convs.values():
+        if isinstance(lifted, Refusal):
+            return lifted
+    dtype = next(iter(convs.values())).dtype
+    first_spec = convs[id(first)].spec if id(first) in convs else None
+    second_spec = convs[id(second)].spec if id(second) in convs else None
+    if first_spec is None:
+        first_spec = lift.average_pool(first, second_spec.in_channels)
+    if second_spec is None:
+        second_spec = lift.average_pool(second, first_spec.out_channels)
+    for s in (first_spec, second_spec):
+        if isinstance(s, Refusal):
+            return s
+    return first_spec, second_spec, dtype
+
+
+def find(ctx: Context) -> Iterator[Chain | Finding]:
+    for second in ctx.graph.nodes:
+        if not is_op(second, *OPS) or not second.inputs:
+            continue
+        first = producer(second.inputs[0])
+        if not is_op(first, *OPS) or not (is_op(first, "Conv") or is_op(second, "Conv")):
+            continue
+        where = f"{first.name} → {second.name}"
+        if not ctx.private(second.inputs[0], second):
+            yield Finding(NAME, where, f"the intermediate is also read by {ctx.readers(second.inputs[0], second)}")
+            continue
+        pair = _lift_pair(first, second, ctx)
+        if isinstance(pair, Refusal):
+            yield Finding(NAME, where, pair.reason)
+            continue
+        merged = spec.merge_sequential(pair[0], pair[1])
+        if isinstance(merged, Refusal):
+            yield Finding(NAME, where, merged.reason)
+        else:
+            yield Chain(first, second, merged, pair[2])
+
+
+def rewrite(ctx: Context, match: Chain) -> None:
+    source, output = match.first.inputs[0], match.second.outputs[0]
+    name = match.second.name if is_op(match.second, "Conv") else match.first.name
+    ctx.detach(match.nodes)
+    ctx.emit_conv(name, source, match.merged, output, match.dtype, with_bias=bool(np.any(match.merged.bias)))
+
+
+RULE = Rule(NAME, "Conv→Conv or Conv↔AveragePool chains with a 1x1 end → one Conv, when exact and not costlier",
+            find, rewrite)

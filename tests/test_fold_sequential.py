@@ -1,0 +1,70 @@
+"""fold_sequential: 1x1→kxk, kxk→1x1 and conv↔AveragePool chains; the border and cost cases refused."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import optimize_and_check, reasons
+
+from onnxrep.api import select_rules
+from onnxrep.testing import GraphBuilder
+
+ONLY = {"rules": select_rules(only=["fold_sequential"])}
+Z = [0, 0, 0, 0]
+
+
+def chain(first: dict, second: dict, cin=8, size=10):
+    b = GraphBuilder(seed=40)
+    x = b.input("x", ["N", cin, size, size])
+    y = x
+    for step in (first, step2 := second):
+        step = dict(step)
+        if step.pop("op", "Conv") == "AveragePool":
+            y = b.op("AveragePool", y, **step)
+        else:
+            y = b.conv(y, step.pop("cout", 8), **step)
+    del step2
+    b.output(y)
+    return b.model()
+
+
+@pytest.mark.parametrize("first,second", [
+    ({"kernel": 1, "pads": Z}, {"kernel": 3, "pads": Z}),                         # DBB 1x1→kxk, bias ok
+    ({"kernel": 1, "pads": Z, "bias": False}, {"kernel": 3}),                     # padded, no bias
+    ({"kernel": 1, "pads": Z, "bias": False, "group": 2}, {"kernel": 3, "group": 2}),
+    ({"kernel": 1, "pads": Z}, {"kernel": 3, "pads": Z, "stride": 2}),
+    ({"kernel": 3}, {"kernel": 1, "pads": Z, "cout": 4}),                         # kxk → 1x1
+    ({"kernel": 3, "stride": 2}, {"kernel": 1, "pads": Z, "stride": 2, "cout": 4}),
+])
+def test_merges(first, second):
+    cin = first.pop("cin", 8)
+    _, report = optimize_and_check(chain(first, second, cin=cin), {"Conv": 1}, **ONLY)
+    assert report.fired["fold_sequential"] == 1
+
+
+@pytest.mark.parametrize("first,second,reason", [
+    ({"kernel": 1, "pads": Z}, {"kernel": 3}, "not exact"),  # 1x1 bias meets the 3x3's zero padding
+    ({"kernel": 3}, {"kernel": 3}, "neither conv is 1x1"),
+    ({"kernel": 1, "pads": Z, "cout": 4, "bias": False}, {"kernel": 3, "pads": Z, "cout": 8}, "would cost"),
+    ({"kernel": 1, "pads": Z}, {"op": "AveragePool", "kernel_shape": [3, 3]}, "would cost"),  # alone, not in DBB
+    ({"kernel": 3, "group": 8}, {"kernel": 1, "pads": Z, "cout": 16}, "would cost"),  # dw → pw
+    ({"kernel": 1, "pads": Z, "bias": False},
+     {"op": "AveragePool", "kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}, "count_include_pad"),
+    ({"kernel": 1, "pads": Z}, {"op": "AveragePool", "kernel_shape": [3, 3], "ceil_mode": 1, "strides": [2, 2]},
+     "ceil_mode"),
+    ({"kernel": 1, "pads": Z, "stride": 2}, {"kernel": 3, "pads": Z}, "neither conv is 1x1"),
+])
+def test_refuses(first, second, reason):
+    second_op = second.get("op", "Conv")
+    expected = {"Conv": 1, "AveragePool": 1} if second_op == "AveragePool" else {"Conv": 2}
+    _, report = optimize_and_check(chain(first, second), expected, **ONLY)
+    assert reason in reasons(report), report.format(verbose=True)
+
+
+def test_refuses_intermediate_read_elsewhere():
+    b = GraphBuilder(seed=41)
+    x = b.input("x", [1, 8, 8, 8])
+    t = b.conv(x, 8, 1, pads=Z)
+    b.output(b.conv(t, 8, 3, pads=Z))
+    b.output(b.op("Relu", t))
+    _, report = optimize_and_check(b.model(), {"Conv": 2, "Relu": 1}, **ONLY)
+    assert "also read by" in reasons(report)
