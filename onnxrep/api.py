@@ -12,8 +12,11 @@ import onnx_graphsurgeon as gs
 from onnxrep import engine, io
 from onnxrep.errors import VerificationFailed
 from onnxrep.report import ModelStats, Report
-from onnxrep.rules import DEFAULT_RULES, RULES_BY_NAME, Rule
-from onnxrep.verify import DEFAULT_ATOL, DEFAULT_RTOL, verify
+from onnxrep.rules import DEFAULT_RULES, RULES_BY_NAME, Finding, Rule
+from onnxrep.verify import DEFAULT_ATOL, DEFAULT_RTOL, Verification, verify
+
+#: At most this many rewrites are rolled back before a run gives up.
+MAX_ROLLBACKS = 8
 
 
 def select_rules(only: Sequence[str] = (), skip: Sequence[str] = ()) -> tuple[Rule, ...]:
@@ -21,6 +24,13 @@ def select_rules(only: Sequence[str] = (), skip: Sequence[str] = ()) -> tuple[Ru
     if unknown:
         raise ValueError(f"unknown rule(s) {', '.join(unknown)}; known: {', '.join(RULES_BY_NAME)}")
     return tuple(r for r in DEFAULT_RULES if (not only or r.name in only) and r.name not in skip)
+
+
+def _rewrite(model: onnx.ModelProto, rules, allowed=None, blocked=frozenset()) -> tuple[onnx.ModelProto, Report]:
+    report = Report()
+    graph = gs.import_onnx(model)
+    engine.rewrite_graph(graph, rules, report, engine.overridable_initializers(model), allowed, blocked)
+    return engine.export(graph, model), report
 
 
 def optimize(model: onnx.ModelProto | str | os.PathLike, *,
@@ -31,34 +41,73 @@ def optimize(model: onnx.ModelProto | str | os.PathLike, *,
              ) -> tuple[onnx.ModelProto, Report]:
     """Re-parameterize ``model`` (a ModelProto or a path) and verify it in onnxruntime.
 
-    The input ModelProto is not modified. Raises :class:`onnxrep.errors.VerificationFailed`
-    (with the report attached as ``.report``) when the outputs differ.
+    If verification fails, the rewrites responsible are found by bisection
+    over the applied rewrites and rolled back (``report.dropped`` names them);
+    the best model that verifies is returned. Raises
+    :class:`onnxrep.errors.VerificationFailed` (with ``.report``) only when
+    nothing can be salvaged. The input ModelProto is not modified.
     """
-    report = Report()
+    timings = {}
     start = time.perf_counter()
-    if not isinstance(model, onnx.ModelProto):
+    if isinstance(model, onnx.ModelProto):
+        before = ModelStats.of(model)
+    else:
         path = model
         model = io.load_model(path)
-        report.seconds["load"] = time.perf_counter() - start
-        report.before = ModelStats.of(model, os.path.getsize(path))
-    else:
-        report.before = ModelStats.of(model)
+        timings["load"] = time.perf_counter() - start
+        before = ModelStats.of(model, os.path.getsize(path))
 
     start = time.perf_counter()
-    graph = gs.import_onnx(model)
-    engine.rewrite_graph(graph, rules, report, engine.overridable_initializers(model))
-    optimized = engine.export(graph, model)
-    report.seconds["optimize"] = time.perf_counter() - start
-    report.after = ModelStats.of(optimized)
+    optimized, report = _rewrite(model, rules)
+    timings["optimize"] = time.perf_counter() - start
 
     if check:
-        report.verification = verify(model, optimized, input_shapes=input_shapes,
-                                     rtol=rtol, atol=atol, seed=seed)
-        report.seconds["verify"] = report.verification.seconds
-        if not report.verification.passed:
-            error = VerificationFailed(
-                f"verification failed: max abs error {report.verification.max_abs_error:.3g} "
-                f"exceeds the tolerance (rtol {rtol:g}, atol {atol:g} × output scale); nothing written")
-            error.report = report
-            raise error
+        def check_model(candidate: onnx.ModelProto) -> Verification:
+            return verify(model, candidate, input_shapes=input_shapes, rtol=rtol, atol=atol, seed=seed)
+
+        start = time.perf_counter()
+        verification = check_model(optimized)
+        dropped: list[Finding] = []
+        while not verification.passed and report.applied and len(dropped) < MAX_ROLLBACKS:
+            culprit = _first_failing(model, rules, report.applied, {(f.rule, f.where) for f in dropped},
+                                     check_model)
+            if culprit is None:
+                break
+            dropped.append(Finding(*culprit, f"rolled back: the model failed verification with this rewrite "
+                                             f"(max abs error {verification.max_abs_error:.3g})"))
+            optimized, report = _rewrite(model, rules, blocked={(f.rule, f.where) for f in dropped})
+            verification = check_model(optimized)
+        report.dropped = dropped
+        report.verification = verification
+        timings["verify"] = time.perf_counter() - start
+    report.before, report.after = before, ModelStats.of(optimized)
+    report.seconds = timings
+    if report.verification is not None and not report.verification.passed:
+        error = VerificationFailed(
+            f"verification failed: max abs error {report.verification.max_abs_error:.3g} "
+            f"exceeds the tolerance (rtol {rtol:g}, atol {atol:g} × output scale); nothing written")
+        error.report = report
+        raise error
     return optimized, report
+
+
+def _first_failing(model, rules, applied, blocked, check_model) -> tuple[str, str] | None:
+    """The first rewrite, in applied order, whose inclusion makes verification fail (bisection).
+
+    A prefix of the applied rewrites is re-run with only those allowed. None
+    when even the empty prefix fails (the failure is not ours to roll back).
+    """
+    def fails(count: int) -> bool:
+        candidate, _ = _rewrite(model, rules, allowed=set(applied[:count]), blocked=blocked)
+        return not check_model(candidate).passed
+
+    if fails(0):
+        return None
+    low, high = 0, len(applied)  # fails(low) is False, fails(high) is True
+    while high - low > 1:
+        middle = (low + high) // 2
+        if fails(middle):
+            high = middle
+        else:
+            low = middle
+    return applied[high - 1]

@@ -20,8 +20,15 @@ def overridable_initializers(model: onnx.ModelProto) -> frozenset[str]:
 
 
 def rewrite_graph(graph: gs.Graph, rules: Sequence[Rule], report: Report,
-                  overridable: frozenset[str] = frozenset()) -> None:
-    """Apply ``rules`` to a fixed point. Refusals are those of the last sweep (the final graph)."""
+                  overridable: frozenset[str] = frozenset(),
+                  allowed: set[tuple[str, str]] | None = None,
+                  blocked: set[tuple[str, str]] | frozenset = frozenset()) -> None:
+    """Apply ``rules`` to a fixed point. Refusals are those of the last sweep (the final graph).
+
+    A rewrite is keyed ``(rule name, rewritten tensor)``; ``report.applied`` lists
+    the keys in order. ``allowed`` (when given) limits the run to those keys,
+    ``blocked`` holds keys never to apply: rollback uses both.
+    """
     for sweep in range(1, MAX_SWEEPS + 1):
         report.sweeps = sweep
         findings: list[Finding] = []
@@ -30,15 +37,22 @@ def rewrite_graph(graph: gs.Graph, rules: Sequence[Rule], report: Report,
             ctx = Context.of(graph, overridable)
             matches = []
             for item in rule.find(ctx):  # collect everything before mutating anything
-                (findings if isinstance(item, Finding) else matches).append(item)
+                if isinstance(item, Finding):
+                    findings.append(item)
+                elif (rule.name, item.output) in blocked:
+                    continue  # rolled back: the caller reports it
+                elif allowed is None or (rule.name, item.output) in allowed:
+                    matches.append(item)
             touched: set[int] = set()
             for match in matches:
                 ids = {id(n) for n in match.nodes}
                 if ids & touched:
                     continue  # overlaps a rewrite made this sweep: the next sweep sees it afresh
                 touched |= ids
+                key = (rule.name, match.output)  # read before the rewrite detaches the nodes
                 rule.rewrite(ctx, match)
                 report.fired[rule.name] += 1
+                report.applied.append(key)
             if touched:
                 changed = True
                 graph.cleanup().toposort()

@@ -39,6 +39,8 @@ class Report:
     verification: Verification | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     sweeps: int = 0
+    applied: list[tuple[str, str]] = field(default_factory=list)  # (rule, rewritten tensor), in order
+    dropped: list[Finding] = field(default_factory=list)  # rewrites rolled back: verification failed
 
     def to_dict(self) -> dict:
         return {
@@ -49,6 +51,7 @@ class Report:
             "verification": _verification_dict(self.verification),
             "seconds": self.seconds,
             "sweeps": self.sweeps,
+            "dropped": [asdict(f) for f in self.dropped],
         }
 
     def format(self, verbose: bool = False) -> str:
@@ -60,6 +63,9 @@ class Report:
             lines.append("rules fired: " + ", ".join(f"{k} ×{v}" for k, v in sorted(self.fired.items())))
         else:
             lines.append("rules fired: none (nothing re-parameterizable found)")
+        if self.dropped:
+            lines.append(f"rolled back ({len(self.dropped)}), the output verifies without them:")
+            lines += [f"  {f.rule}: {f.where}: {f.reason}" for f in self.dropped]
         if self.refusals:
             lines.append(f"left as they were ({len(self.refusals)}):")
             shown = self.refusals if verbose else self.refusals[:20]

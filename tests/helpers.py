@@ -56,3 +56,16 @@ def optimize_and_check(model: onnx.ModelProto, expected_ops: dict[str, int] | No
 
 def reasons(report) -> str:
     return " | ".join(f.reason for f in report.refusals)
+
+
+def broken_rule(only: str | None = None):
+    """merge_parallel made wrong on purpose: it negates merged convs (all, or the one writing ``only``)."""
+    from onnxrep.rules import Rule, merge_parallel
+
+    def find(ctx):
+        for item in merge_parallel.find(ctx):
+            if hasattr(item, "merges") and only in (None, item.output):
+                merges = tuple((spec.negated(), branches) for spec, branches in item.merges)
+                item = merge_parallel.Join(item.root, item.joins, merges, item.rest)
+            yield item
+    return Rule("broken", "negates merged convs", find, merge_parallel.rewrite)

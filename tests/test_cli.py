@@ -11,9 +11,10 @@ from pathlib import Path
 import onnx
 import pytest
 from click.testing import CliRunner
+from helpers import broken_rule
 
-from onnxrep import cli
-from onnxrep.rules import RULES_BY_NAME, Rule
+from onnxrep import api, cli
+from onnxrep.rules import RULES_BY_NAME
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 SAMPLE = MODELS / "repvgg.train.onnx"
@@ -76,21 +77,19 @@ def test_python_dash_m(tmp_path):
     assert result.returncode == 0 and "merge_parallel" in result.stdout
 
 
-def _broken_rule():
-    """merge_parallel, made wrong on purpose: it flips the sign of every merged conv."""
-    from onnxrep.rules import merge_parallel
-
-    def find(ctx):
-        for item in merge_parallel.find(ctx):
-            if hasattr(item, "merges"):
-                merges = tuple((spec.negated(), branches) for spec, branches in item.merges)
-                item = merge_parallel.Join(item.root, item.joins, merges, item.rest)
-            yield item
-    return Rule("broken", "negates merged convs", find, merge_parallel.rewrite)
+def test_rollback_writes_what_verifies(tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "select_rules", lambda only, skip: (RULES_BY_NAME["fold_conv_affine"], broken_rule()))
+    out = tmp_path / "out.onnx"
+    result = CliRunner().invoke(cli.main, ["optimize", str(SAMPLE), str(out)])
+    assert result.exit_code == 0, result.output
+    assert "rolled back (8)" in result.output and "verification: passed" in result.output
+    ops = [n.op_type for n in onnx.load(out).graph.node]
+    assert ops.count("Add") == 13 and "BatchNormalization" in ops  # folds kept, every broken merge dropped
 
 
 def test_verification_failure_writes_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "select_rules", lambda only, skip: (RULES_BY_NAME["fold_conv_affine"], _broken_rule()))
+    monkeypatch.setattr(cli, "select_rules", lambda only, skip: (RULES_BY_NAME["fold_conv_affine"], broken_rule()))
+    monkeypatch.setattr(api, "MAX_ROLLBACKS", 1)
     out = tmp_path / "out.onnx"
     result = CliRunner().invoke(cli.main, ["optimize", str(SAMPLE), str(out)])
     assert result.exit_code == 9, result.output

@@ -1,7 +1,9 @@
 """The rules, as an explicit pipeline. A rule is a module with one :class:`Rule`.
 
 A rule's ``find`` walks the graph without changing it and yields matches (any
-object with a ``nodes`` tuple: the nodes its rewrite removes or replaces) and
+object with a ``nodes`` tuple: the nodes its rewrite removes or replaces, and
+``output``: the name of the tensor it rewrites, which stays the same from run
+to run and so identifies the rewrite for rollback) and
 :class:`Finding` refusals. The engine then applies non-overlapping matches
 with ``rewrite``; nothing is mutated while matches are still being collected.
 """

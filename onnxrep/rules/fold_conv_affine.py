@@ -42,6 +42,10 @@ class ConvAffine:
     affine: lift.Affine
 
     @property
+    def output(self) -> str:
+        return self.op.outputs[0].name
+
+    @property
     def nodes(self) -> tuple[gs.Node, ...]:
         return (self.conv, self.op)
 

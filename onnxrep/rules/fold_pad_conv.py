@@ -34,6 +34,10 @@ class PadConv:
     spatial_pads: tuple[int, ...]  # ONNX order: begins, then ends
 
     @property
+    def output(self) -> str:
+        return self.conv.outputs[0].name
+
+    @property
     def nodes(self) -> tuple[gs.Node, ...]:
         return (self.pad, self.conv)
 

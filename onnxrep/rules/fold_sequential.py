@@ -41,6 +41,10 @@ class Chain:
     dtype: np.dtype
 
     @property
+    def output(self) -> str:
+        return self.second.outputs[0].name
+
+    @property
     def nodes(self) -> tuple[gs.Node, ...]:
         return (self.first, self.second)
 

@@ -58,6 +58,10 @@ class Join:
     rest: tuple[tuple[gs.Tensor, int], ...]  # operands left as they are, with their signs
 
     @property
+    def output(self) -> str:
+        return self.root.outputs[0].name
+
+    @property
     def nodes(self) -> tuple[gs.Node, ...]:
         return self.joins + tuple(n for _, branches in self.merges for b in branches for n in b.nodes)
 

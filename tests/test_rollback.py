@@ -1,0 +1,53 @@
+"""Verified output or nothing — but as much as can be proven: rewrites that break verification roll back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+from helpers import broken_rule, histogram
+
+import onnxrep
+from onnxrep import api
+from onnxrep.errors import VerificationFailed
+from onnxrep.rules import RULES_BY_NAME
+
+SAMPLE = Path(__file__).resolve().parent.parent / "models" / "repvgg.train.onnx"
+FOLD = RULES_BY_NAME["fold_conv_affine"]
+
+
+def merge_outputs() -> list[str]:
+    _, report = onnxrep.optimize(SAMPLE, check=False)
+    return [out for rule, out in report.applied if rule == "merge_parallel"]
+
+
+def test_only_the_broken_rewrite_is_dropped():
+    target = merge_outputs()[3]
+    optimized, report = onnxrep.optimize(SAMPLE, rules=(FOLD, broken_rule(only=target)))
+    assert report.verification.passed
+    assert [(f.rule, f.where) for f in report.dropped] == [("broken", target)]
+    assert "rolled back" in report.dropped[0].reason
+    assert report.fired["broken"] == 7
+    # the block around the dropped merge keeps its conv-BN folds and its Adds
+    assert histogram(optimized)["Add"] == 2 and histogram(optimized)["Conv"] == 7 + 2
+
+
+def test_every_broken_rewrite_is_dropped_and_the_rest_kept():
+    optimized, report = onnxrep.optimize(SAMPLE, rules=(FOLD, broken_rule()))
+    assert report.verification.passed and len(report.dropped) == 8 and not report.fired["broken"]
+    assert report.fired["fold_conv_affine"] == 16
+    assert "rolled back (8)" in report.format()
+
+
+def test_gives_up_after_max_rollbacks(monkeypatch):
+    monkeypatch.setattr(api, "MAX_ROLLBACKS", 2)
+    with pytest.raises(VerificationFailed) as error:
+        onnxrep.optimize(SAMPLE, rules=(FOLD, broken_rule()))
+    assert len(error.value.report.dropped) == 2 and not error.value.report.verification.passed
+
+
+def test_nothing_dropped_when_all_is_well():
+    model = onnx.load(SAMPLE)
+    _, report = onnxrep.optimize(model)
+    assert report.dropped == [] and report.verification.passed
