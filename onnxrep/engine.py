@@ -68,6 +68,10 @@ def export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
     # the interface exactly, and any such initializer that no node read any more.
     del model.graph.input[:]
     model.graph.input.extend(original.graph.input)
+    # value_info without a shape says nothing, and IR 3 checkers reject it.
+    kept = [v for v in model.graph.value_info if v.type.tensor_type.HasField("shape")]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(kept)
     missing = overridable_initializers(original) - {i.name for i in model.graph.initializer}
     model.graph.initializer.extend(i for i in original.graph.initializer if i.name in missing)
     del model.opset_import[:]
