@@ -31,7 +31,7 @@ def test_float16_model_merges_in_float64_and_stays_float16():
 def test_opsets(opset):
     b = GraphBuilder(2)
     x = b.input("x", ["N", 8, 8, 8])
-    b.output(b.op("Relu", repvgg_block(b, x)))
+    b.output(b.op("Relu", repvgg_block(b, x)), ["N", 8, 8, 8])
     model = b.model(opset=opset, ir_version=3 if opset < 9 else None)
     if opset < 9:  # IR 3: initializers must be listed as inputs
         for init in model.graph.initializer:
