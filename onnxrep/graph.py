@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxrep import kernels
 from onnxrep.spec import ConvSpec, Refusal
 
 DEFAULT_DOMAINS = ("", "ai.onnx", None)
@@ -79,11 +80,20 @@ class Context:
 
     def emit_conv(self, name: str, source: gs.Tensor, spec: ConvSpec, output: gs.Tensor,
                   dtype: np.dtype, with_bias: bool = True) -> gs.Node:
-        """Add one Conv node computing ``spec`` of ``source`` into ``output``, with fresh weights."""
+        """Add one Conv node computing ``spec`` of ``source`` into ``output``, with fresh weights.
+
+        A spec with no spatial axes is emitted as a Gemm (weight (out, in), transB=1).
+        """
         name = self.unique(name)
-        inputs = [source, gs.Constant(self.unique(f"{name}.weight"), spec.weight.astype(dtype))]
+        weight = kernels.regroup(spec.weight, spec.group, 1) if not spec.spatial_dims else spec.weight
+        inputs = [source, gs.Constant(self.unique(f"{name}.weight"), weight.astype(dtype))]
         if with_bias:
             inputs.append(gs.Constant(self.unique(f"{name}.bias"), spec.bias.astype(dtype)))
+        output.inputs.clear()
+        if not spec.spatial_dims:
+            node = gs.Node("Gemm", name=name, attrs={"transB": 1}, inputs=inputs, outputs=[output])
+            self.graph.nodes.append(node)
+            return node
         attrs = {
             "kernel_shape": list(spec.kernel_shape),
             "strides": list(spec.strides),
@@ -91,7 +101,6 @@ class Context:
             "dilations": list(spec.dilations),
             "group": spec.group,
         }
-        output.inputs.clear()
         node = gs.Node("Conv", name=name, attrs=attrs, inputs=inputs, outputs=[output])
         self.graph.nodes.append(node)
         return node

@@ -15,6 +15,8 @@ from onnxrep.graph import Context, is_op, sharing
 from onnxrep.spec import ConvSpec, Refusal
 
 FLOAT_TYPES = (np.float16, np.float32, np.float64)
+#: Ops lifted as a ConvSpec with weights: a Gemm is a conv with no spatial axes.
+LINEAR_OPS = ("Conv", "Gemm")
 
 
 @dataclass(frozen=True, eq=False)
@@ -104,8 +106,29 @@ def _weight(tensor: gs.Tensor, node: gs.Node, ctx: Context, what: str) -> np.nda
     return value
 
 
+def layout(node: gs.Node) -> tuple[int, int] | None:
+    """(spatial rank, input channels) of a Conv or Gemm, from its weight's exported shape."""
+    weight = node.inputs[1] if is_op(node, *LINEAR_OPS) and len(node.inputs) > 1 else None
+    shape = weight.shape if weight is not None else None
+    if not shape or not all(isinstance(d, int) for d in shape):
+        return None
+    if node.op == "Gemm":
+        return 0, shape[0] if node.attrs.get("transB", 0) == 0 else shape[1]
+    return len(shape) - 2, shape[1] * int(node.attrs.get("group", 1))
+
+
+def conv_out_channels(node: gs.Node) -> int:
+    """Output channels of a Conv or Gemm whose weight shape is known (see layout)."""
+    shape = node.inputs[1].shape
+    if node.op == "Gemm" and not node.attrs.get("transB", 0):
+        return shape[1]
+    return shape[0]
+
+
 def conv(node: gs.Node, ctx: Context) -> LiftedConv | Refusal:
-    """A Conv with constant weight (and bias) as a ConvSpec."""
+    """A Conv, or a Gemm (a conv with no spatial axes), with constant weight (and bias) as a ConvSpec."""
+    if is_op(node, "Gemm"):
+        return gemm(node, ctx)
     if not is_op(node, "Conv"):
         return Refusal(f"{node.op} is not a Conv")
     if len(node.inputs) < 2:
@@ -142,6 +165,32 @@ def conv(node: gs.Node, ctx: Context) -> LiftedConv | Refusal:
         cost=int(weight.size),
     )
     return LiftedConv(spec, weight.dtype, has_bias)
+
+
+def gemm(node: gs.Node, ctx: Context) -> LiftedConv | Refusal:
+    """``Y = alpha·X·B' + beta·C`` with constant B and C as a ConvSpec with weight (out, in)."""
+    name = node.name or node.op
+    if node.attrs.get("transA", 0):
+        return Refusal(f"{name} transposes its input (transA=1)")
+    weight = _weight(node.inputs[1], node, ctx, "weight")
+    if isinstance(weight, Refusal):
+        return weight
+    if weight.ndim != 2:
+        return Refusal(f"{name} has a weight of rank {weight.ndim}")
+    dtype = weight.dtype
+    weight = np.asarray(weight, np.float64) * float(node.attrs.get("alpha", 1.0))
+    if not node.attrs.get("transB", 0):
+        weight = weight.T
+    has_bias = len(node.inputs) > 2 and not node.inputs[2].is_empty()
+    bias = np.zeros(weight.shape[0])
+    if has_bias:
+        value = _weight(node.inputs[2], node, ctx, "bias")
+        if isinstance(value, Refusal):
+            return value
+        if value.size not in (1, weight.shape[0]) or (value.ndim == 2 and value.shape[0] != 1) or value.ndim > 2:
+            return Refusal(f"{name}'s bias of shape {value.shape} is not per output feature")
+        bias = bias + np.asarray(value, np.float64).reshape(-1) * float(node.attrs.get("beta", 1.0))
+    return LiftedConv(ConvSpec(weight, bias, (), (), (), 1, int(weight.size)), dtype, has_bias)
 
 
 def _pads(attrs, kernel_shape, strides, dilations) -> tuple[int, ...] | Refusal:

@@ -138,7 +138,8 @@ def merge_parallel(specs: list[ConvSpec]) -> ConvSpec | Refusal:
         pad_begin.append(top)
         pad_end.append(extents.pop() - top + dilation[a] * (size - 1))
 
-    group = math.gcd(*[s.group for s in specs])
+    # A Gemm (no spatial axes) has no groups: diagonal branches become dense.
+    group = math.gcd(*[s.group for s in specs]) if nd else 1
     weight = sum(
         kernels.regroup(kernels.pad_kernel(w, b, a), s.group, group)
         for w, b, a, s in zip(weights, before, after, specs))

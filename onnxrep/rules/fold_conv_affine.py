@@ -1,4 +1,4 @@
-"""fold_conv_affine: a Conv followed by a per-channel affine op becomes one Conv.
+"""fold_conv_affine: a Conv (or Gemm) followed by a per-channel affine op becomes one Conv (Gemm).
 
 Before:  X → Conv(W, b) → T → BatchNormalization(γ, β, μ, σ², ε) → Y
          (or T · c, T / c, T + c, T − c, c − T, −T with c a scalar or per-channel constant)
@@ -14,7 +14,8 @@ Conditions:
 Formula, per output channel c, with the op as ``y = s·t + h``
 (BatchNormalization: s = γ / √(σ² + ε), h = β − μ·s):
   W'[c] = W[c] · s[c]        b'[c] = b[c] · s[c] + h[c]
-Any kernel rank (1-D, 2-D, 3-D), strides, pads, dilations and groups. After a
+Any kernel rank (1-D, 2-D, 3-D), strides, pads, dilations and groups; a Gemm
+is a conv with no spatial axes (a Linear followed by BatchNorm1d). After a
 merge_parallel this also folds a BatchNormalization or a layer scale applied
 to the sum of branches (RepViT, FastViT).
 """
@@ -54,7 +55,7 @@ def find(ctx: Context) -> Iterator[ConvAffine | Finding]:
     for op in ctx.graph.nodes:
         if not is_op(op, "BatchNormalization", *lift.ELEMENTWISE):
             continue
-        conv = next((producer(t) for t in op.inputs if is_op(producer(t), "Conv")), None)
+        conv = next((producer(t) for t in op.inputs if is_op(producer(t), *lift.LINEAR_OPS)), None)
         if conv is None:
             continue
         lifted = lift.conv(conv, ctx)

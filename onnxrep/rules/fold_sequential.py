@@ -1,9 +1,10 @@
-"""fold_sequential: two chained convs (or a conv and an AveragePool), one of them 1x1, become one Conv.
+"""fold_sequential: two chained linear ops, one of them pointwise, become one Conv (or Gemm).
 
 Before:  X → Conv_a (1x1) → T → Conv_b (kxk)  → Y         (DBB's 1x1 → kxk branch)
          X → Conv_a (kxk) → T → Conv_b (1x1)  → Y
          X → Conv_a (1x1) → T → AveragePool   → Y         (DBB's 1x1 → avg branch)
-After:   X → Conv (kxk) → Y
+         X → BatchNormalization (or ·γ, +β) → T → Gemm / unpadded Conv → Y   (BN1d → Linear)
+After:   X → Conv (kxk) → Y          (a Gemm for Gemm chains: a conv with no spatial axes)
 
 Conditions (spec.merge_sequential holds the algebra):
   1. T is read by the second op only, and is not a graph output.
@@ -30,13 +31,15 @@ from onnxrep.rules import Finding, Rule
 from onnxrep.spec import ConvSpec, Refusal
 
 NAME = "fold_sequential"
-OPS = ("Conv", "AveragePool")
+OPS = (*lift.LINEAR_OPS, "AveragePool")
+AFFINE_OPS = ("BatchNormalization", *lift.ELEMENTWISE)
 
 
 @dataclass(frozen=True, eq=False)
 class Chain:
     first: gs.Node
     second: gs.Node
+    source: gs.Tensor
     merged: ConvSpec
     dtype: np.dtype
 
@@ -49,9 +52,29 @@ class Chain:
         return (self.first, self.second)
 
 
+def _lift_affine_first(first: gs.Node, second: gs.Node, ctx: Context):
+    """A per-channel affine followed by a Conv/Gemm: the affine as a diagonal spec of its input."""
+    lifted = lift.conv(second, ctx)
+    if isinstance(lifted, Refusal):
+        return lifted
+    affine = lift.affine(first, ctx, lifted.spec.weight.ndim)
+    if affine is None:
+        return None
+    if isinstance(affine, Refusal):
+        return affine
+    channels = lifted.spec.in_channels
+    if {affine.scale.size, affine.shift.size} - {1, channels}:
+        return Refusal(f"{first.op} has other channels than the {channels} {second.name} reads")
+    scale, shift = affine.per_channel(channels)
+    return (affine.source, spec.diagonal(scale, shift, lifted.spec.spatial_dims, cost=channels),
+            lifted.spec, lifted.dtype)
+
+
 def _lift_pair(first: gs.Node, second: gs.Node, ctx: Context):
     """Both ops as specs; an AveragePool takes its channel count from the conv beside it."""
-    convs = {id(n): lift.conv(n, ctx) for n in (first, second) if is_op(n, "Conv")}
+    if is_op(first, *AFFINE_OPS):
+        return _lift_affine_first(first, second, ctx)
+    convs = {id(n): lift.conv(n, ctx) for n in (first, second) if is_op(n, *lift.LINEAR_OPS)}
     for lifted in convs.values():
         if isinstance(lifted, Refusal):
             return lifted
@@ -65,7 +88,7 @@ def _lift_pair(first: gs.Node, second: gs.Node, ctx: Context):
     for s in (first_spec, second_spec):
         if isinstance(s, Refusal):
             return s
-    return first_spec, second_spec, dtype
+    return first.inputs[0], first_spec, second_spec, dtype
 
 
 def find(ctx: Context) -> Iterator[Chain | Finding]:
@@ -73,26 +96,30 @@ def find(ctx: Context) -> Iterator[Chain | Finding]:
         if not is_op(second, *OPS) or not second.inputs:
             continue
         first = producer(second.inputs[0])
-        if not is_op(first, *OPS) or not (is_op(first, "Conv") or is_op(second, "Conv")):
+        linear = [is_op(n, *lift.LINEAR_OPS) for n in (first, second)]
+        if not (is_op(first, *OPS) and any(linear) or is_op(first, *AFFINE_OPS) and linear[1]):
             continue
         where = f"{first.name} → {second.name}"
         if not ctx.private(second.inputs[0], second):
             yield Finding(NAME, where, f"the intermediate is also read by {ctx.readers(second.inputs[0], second)}")
             continue
         pair = _lift_pair(first, second, ctx)
+        if pair is None:
+            continue  # an Add of two computed tensors: not an affine
         if isinstance(pair, Refusal):
             yield Finding(NAME, where, pair.reason)
             continue
-        merged = spec.merge_sequential(pair[0], pair[1])
+        source, first_spec, second_spec, dtype = pair
+        merged = spec.merge_sequential(first_spec, second_spec)
         if isinstance(merged, Refusal):
             yield Finding(NAME, where, merged.reason)
         else:
-            yield Chain(first, second, merged, pair[2])
+            yield Chain(first, second, source, merged, dtype)
 
 
 def rewrite(ctx: Context, match: Chain) -> None:
-    source, output = match.first.inputs[0], match.second.outputs[0]
-    name = match.second.name if is_op(match.second, "Conv") else match.first.name
+    source, output = match.source, match.second.outputs[0]
+    name = match.second.name if is_op(match.second, *lift.LINEAR_OPS) else match.first.name
     ctx.detach(match.nodes)
     ctx.emit_conv(name, source, match.merged, output, match.dtype, with_bias=bool(np.any(match.merged.bias)))
 

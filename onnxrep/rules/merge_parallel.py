@@ -95,7 +95,7 @@ def _flatten(node: gs.Node, sign: int, ctx: Context, operands: list, joins: list
 
 def _lift_node(node: gs.Node | None, ctx: Context, ranks) -> tuple | Refusal | None:
     """One linear op as (source, spec, dtype, has_bias); None when it is no such op."""
-    if is_op(node, "Conv"):
+    if is_op(node, *lift.LINEAR_OPS):
         lifted = lift.conv(node, ctx)
         if isinstance(lifted, Refusal):
             return lifted
@@ -160,8 +160,8 @@ def _source_channels(tensor: gs.Tensor, ranks) -> int | None:
     if shape is not None and len(shape) > 1 and isinstance(shape[1], int):
         return shape[1]
     node = producer(tensor)
-    if is_op(node, "Conv") and len(node.inputs) > 1 and node.inputs[1].shape:
-        return node.inputs[1].shape[0]
+    if is_op(node, *lift.LINEAR_OPS) and lift.layout(node) is not None:
+        return lift.conv_out_channels(node)
     if is_op(node, "AveragePool", "BatchNormalization", *lift.ELEMENTWISE) and node.inputs:
         return _source_channels(node.inputs[0], ranks)
     return None
@@ -178,11 +178,11 @@ def _channels(affine: lift.Affine, ranks: dict[int, tuple[int, int]]) -> int | N
 def _spatial_rank(tensor: gs.Tensor, ranks: dict[int, tuple[int, int]]) -> int | None:
     if id(tensor) in ranks:
         return ranks[id(tensor)][0]
-    if tensor.shape is not None and len(tensor.shape) >= 3:
+    if tensor.shape is not None and len(tensor.shape) >= 2:
         return len(tensor.shape) - 2
     node = producer(tensor)
-    if is_op(node, "Conv") and len(node.inputs) > 1 and node.inputs[1].shape:
-        return len(node.inputs[1].shape) - 2
+    if is_op(node, *lift.LINEAR_OPS) and lift.layout(node) is not None:
+        return lift.layout(node)[0]
     if is_op(node, "AveragePool"):
         return len(node.attrs["kernel_shape"])
     return None
@@ -212,10 +212,9 @@ def find(ctx: Context) -> Iterator[Join | Finding]:
         ranks = {}
         for tensor, _, _ in operands:
             conv = producer(tensor)
-            weight = conv.inputs[1] if is_op(conv, "Conv") and len(conv.inputs) > 1 else None
-            if weight is not None and weight.shape and isinstance(weight.shape[1], int):
-                group = int(conv.attrs.get("group", 1))
-                ranks[id(conv.inputs[0])] = (len(weight.shape) - 2, weight.shape[1] * group)
+            known = lift.layout(conv) if conv is not None else None
+            if known is not None:
+                ranks[id(conv.inputs[0])] = known
         lifted = [_lift(t, s, reader, ctx, ranks) for t, s, reader in operands]
         branches_of = {}
         for b in lifted:
