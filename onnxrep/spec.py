@@ -84,27 +84,32 @@ def identity(channels: int, spatial_dims: int) -> ConvSpec:
     return diagonal(np.ones(channels), np.zeros(channels), spatial_dims, cost=0)
 
 
-def merge_parallel(specs: list[ConvSpec]) -> ConvSpec | Refusal:
-    """``sum(conv_i(X))`` as one conv, when that is exact and costs no more.
+@dataclass(frozen=True)
+class _Aligned:
+    """Branch kernels on one grid: same size, dilation and groups, taps lined up."""
+
+    weights: list[np.ndarray]
+    pads: tuple[int, ...]
+    dilations: tuple[int, ...]
+    group: int
+
+
+def _align(specs: list[ConvSpec]) -> _Aligned | Refusal:
+    """Put every kernel on the merged conv's grid, or say why the taps cannot line up.
 
     Exact when all branches read the same X with the same strides and produce
-    the same output shape (so the sum never broadcasts), and every tap lines
-    up: tap j of branch i reads input row ``o·s − pad_i + j·d_i``; in the merged
-    kernel (top pad P, dilation D) that is tap ``(P − pad_i + j·d_i) / D``,
-    which must be an integer. Kernels are zero-padded around to the common
-    size, dilated kernels get zeros between taps, grouped kernels are
-    regrouped block-diagonally to the coarsest common grouping.
+    the same output size (for every input size): tap j of branch i reads input
+    row ``o·s − pad_i + j·d_i``; in the merged kernel (top pad P, dilation D)
+    that is tap ``(P − pad_i + j·d_i) / D``, which must be an integer. Kernels
+    are zero-padded around to the common size, dilated kernels get zeros
+    between taps, grouped kernels are regrouped block-diagonally to the
+    coarsest common grouping (none for a Gemm, which has no spatial axes).
     """
-    first = specs[0]
-    nd = first.spatial_dims
+    nd = specs[0].spatial_dims
     if any(s.spatial_dims != nd for s in specs):
         return Refusal("branches have different spatial ranks")
     if len({s.in_channels for s in specs}) > 1:
         return Refusal("branches read different channel counts")
-    if len({s.out_channels for s in specs}) > 1:
-        return Refusal(
-            "branches have different output channel counts "
-            f"({sorted({s.out_channels for s in specs})}): the join broadcasts")
     if len({s.strides for s in specs}) > 1:
         return Refusal(f"different strides {sorted({s.strides for s in specs})}")
 
@@ -138,19 +143,53 @@ def merge_parallel(specs: list[ConvSpec]) -> ConvSpec | Refusal:
         pad_begin.append(top)
         pad_end.append(extents.pop() - top + dilation[a] * (size - 1))
 
-    # A Gemm (no spatial axes) has no groups: diagonal branches become dense.
     group = math.gcd(*[s.group for s in specs]) if nd else 1
-    weight = sum(
-        kernels.regroup(kernels.pad_kernel(w, b, a), s.group, group)
-        for w, b, a, s in zip(weights, before, after, specs))
-    bias = sum(s.bias for s in specs)
-    cost = sum(s.cost for s in specs)
+    aligned = [kernels.regroup(kernels.pad_kernel(w, b, a), s.group, group)
+               for w, b, a, s in zip(weights, before, after, specs)]
+    return _Aligned(aligned, tuple(pad_begin + pad_end), dilation, group)
+
+
+def _costlier(weight: np.ndarray, group: int, cost: int) -> Refusal | None:
     if weight.size > cost:
         return Refusal(
             f"merged kernel {tuple(weight.shape)} (group {group}) would cost {weight.size} "
             f"multiply-adds per pixel, more than the {cost} of the branches")
-    return ConvSpec(weight, bias, first.strides, tuple(pad_begin + pad_end), dilation,
-                    group, weight.size)
+    return None
+
+
+def merge_parallel(specs: list[ConvSpec]) -> ConvSpec | Refusal:
+    """``sum(conv_i(X))`` as one conv, when that is exact (see _align) and costs no more."""
+    if len({s.out_channels for s in specs}) > 1:
+        return Refusal(
+            "branches have different output channel counts "
+            f"({sorted({s.out_channels for s in specs})}): the join broadcasts")
+    aligned = _align(specs)
+    if isinstance(aligned, Refusal):
+        return aligned
+    weight = sum(aligned.weights)
+    refusal = _costlier(weight, aligned.group, sum(s.cost for s in specs))
+    if refusal is not None:
+        return refusal
+    return ConvSpec(weight, sum(s.bias for s in specs), specs[0].strides, aligned.pads,
+                    aligned.dilations, aligned.group, weight.size)
+
+
+def merge_concat(specs: list[ConvSpec]) -> ConvSpec | Refusal:
+    """``concat([conv_i(X)], axis=1)`` as one conv: kernels stacked along output channels.
+
+    Exact under the same alignment as merge_parallel, with every kernel dense
+    (group 1): stacking grouped kernels would interleave their groups.
+    """
+    aligned = _align(specs)
+    if isinstance(aligned, Refusal):
+        return aligned
+    weights = [kernels.regroup(w, aligned.group, 1) for w in aligned.weights]
+    weight = np.concatenate(weights, axis=0)
+    refusal = _costlier(weight, 1, sum(s.cost for s in specs))
+    if refusal is not None:
+        return refusal
+    return ConvSpec(weight, np.concatenate([s.bias for s in specs]), specs[0].strides, aligned.pads,
+                    aligned.dilations, 1, weight.size)
 
 
 def _is_pointwise(s: ConvSpec) -> bool:

@@ -34,7 +34,14 @@ class Rule:
     rewrite: Callable[[Context, Any], None]
 
 
-from onnxrep.rules import fold_conv_affine, fold_pad_conv, fold_sequential, merge_parallel  # noqa: E402  (the modules need Rule)
+# The rule modules import Rule and Finding from here, so they come after them.
+from onnxrep.rules import (  # noqa: E402
+    fold_conv_affine,
+    fold_pad_conv,
+    fold_sequential,
+    merge_concat,
+    merge_parallel,
+)
 
 #: Order matters within a sweep: folding Conv→BN (and other affines) first turns conv-BN branches into
 #: plain Conv branches that merge_parallel can lift.
@@ -43,6 +50,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     fold_conv_affine.RULE,
     fold_sequential.RULE,
     merge_parallel.RULE,
+    merge_concat.RULE,
 )
 
 RULES_BY_NAME = {rule.name: rule for rule in DEFAULT_RULES}
