@@ -106,3 +106,45 @@ def test_internal_error_is_one_line(tmp_path, monkeypatch, flags):
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
         "onnxrep: internal error: RuntimeError: boom (please report it; --debug shows the traceback)"]
+
+
+def _bad_inputs(tmp_path):
+    data = SAMPLE.read_bytes()
+    files = {"empty.onnx": b"", "random.onnx": bytes(range(256)) * 4, "truncated.onnx": data[: len(data) // 2]}
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    return tmp_path
+
+
+@pytest.mark.parametrize("name,code,message", [
+    ("missing.onnx", 3, "no such file"),
+    ("empty.onnx", 4, "not an ONNX model"),
+    ("random.onnx", 4, "not an ONNX model"),
+    ("truncated.onnx", 5, "truncated or corrupt"),
+])
+def test_bad_input_is_one_line(tmp_path, name, code, message):
+    (tmp_path / "in").mkdir()
+    folder = _bad_inputs(tmp_path / "in")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    result = onnxrep_cmd("optimize", folder / name, out_dir / "o.onnx")
+    assert result.returncode == code
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("onnxrep: error:") and message in lines[0], result.stderr
+    assert list(out_dir.iterdir()) == []
+
+
+def test_output_problems(tmp_path):
+    copy = tmp_path / "model.onnx"
+    copy.write_bytes(SAMPLE.read_bytes())
+    digest = hashlib.sha256(copy.read_bytes()).hexdigest()
+    same = onnxrep_cmd("optimize", copy, copy)
+    assert same.returncode == 8 and "--force" in same.stderr
+    assert hashlib.sha256(copy.read_bytes()).hexdigest() == digest
+    missing_dir = onnxrep_cmd("optimize", copy, tmp_path / "nope" / "o.onnx")
+    assert missing_dir.returncode == 8 and "does not exist" in missing_dir.stderr
+    is_dir = onnxrep_cmd("optimize", copy, tmp_path)
+    assert is_dir.returncode == 8 and "is a directory" in is_dir.stderr
+    forced = onnxrep_cmd("optimize", copy, copy, "--force", "-q")
+    assert forced.returncode == 0 and hashlib.sha256(copy.read_bytes()).hexdigest() != digest
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]  # no temp files left
