@@ -33,13 +33,13 @@ def _rewrite(model: onnx.ModelProto, rules, allowed=None, blocked=frozenset()) -
     return engine.export(graph, model), report
 
 
-def optimize(model: onnx.ModelProto | str | os.PathLike, *,
+def optimize(model: onnx.ModelProto | gs.Graph | str | os.PathLike, *,
              rules: Sequence[Rule] = DEFAULT_RULES,
              check: bool = True,
              input_shapes: dict[str, tuple[int, ...]] | None = None,
              rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL, seed: int = 0,
              ) -> tuple[onnx.ModelProto, Report]:
-    """Re-parameterize ``model`` (a ModelProto or a path) and verify it in onnxruntime.
+    """Re-parameterize ``model`` (a ModelProto, a graphsurgeon Graph or a path) and verify it.
 
     If verification fails, the rewrites responsible are found by bisection
     over the applied rewrites and rolled back (``report.dropped`` names them);
@@ -49,6 +49,8 @@ def optimize(model: onnx.ModelProto | str | os.PathLike, *,
     """
     timings = {}
     start = time.perf_counter()
+    if isinstance(model, gs.Graph):
+        model = gs.export_onnx(model, do_type_check=False)
     if isinstance(model, onnx.ModelProto):
         before = ModelStats.of(model)
     else:

@@ -93,6 +93,36 @@ def optimize_command(input_path, output_path, force, no_verify, rtol, atol, inpu
 
 
 
+@main.command(name="inspect", epilog=EXIT_CODE_HELP)
+@click.argument("input_path", metavar="IN", type=click.Path(path_type=str))
+@click.option("--only", multiple=True, metavar="RULE", help="Consider only this rule (repeatable).")
+@click.option("--skip", multiple=True, metavar="RULE", help="Do not consider this rule (repeatable).")
+@click.option("--json", "json_path", type=click.Path(path_type=str), help="Also write the findings as JSON.")
+def inspect_command(input_path, only, skip, json_path) -> None:
+    """List what would be re-parameterized in IN, and what would not and why. Writes nothing."""
+    try:
+        rules = select_rules(only, skip)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+    try:
+        _, report = optimize(input_path, rules=rules, check=False)
+    except OnnxrepError as error:
+        click.echo(f"onnxrep: error: {error}", err=True)
+        sys.exit(error.exit_code)
+    click.echo(f"{input_path}: {report.before.nodes} nodes → {report.after.nodes} after re-parameterization")
+    click.echo(f"would rewrite ({len(report.applied)}):")
+    for rule, tensor in report.applied:
+        click.echo(f"  {rule}: {tensor}")
+    click.echo(f"would leave as they are ({len(report.refusals)}):")
+    for finding in report.refusals:
+        click.echo(f"  {finding.rule}: {finding.where}: {finding.reason}")
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump({"rewrites": [{"rule": r, "tensor": t} for r, t in report.applied],
+                       **{k: v for k, v in report.to_dict().items() if k in ("before", "after", "refusals")}},
+                      f, indent=2)
+
+
 @main.command(name="rules")
 def rules_command() -> None:
     """List the rules, in the order they run."""

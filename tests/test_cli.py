@@ -148,3 +148,15 @@ def test_output_problems(tmp_path):
     forced = onnxrep_cmd("optimize", copy, copy, "--force", "-q")
     assert forced.returncode == 0 and hashlib.sha256(copy.read_bytes()).hexdigest() != digest
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]  # no temp files left
+
+
+def test_inspect_lists_rewrites_and_refusals_and_writes_nothing(tmp_path):
+    result = onnxrep_cmd("inspect", SAMPLE, "--json", tmp_path / "i.json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "61 nodes → 19 after" in result.stdout and "would rewrite (24)" in result.stdout
+    assert "merge_parallel:" in result.stdout and "would leave as they are (0)" in result.stdout
+    data = json.loads((tmp_path / "i.json").read_text())
+    assert len(data["rewrites"]) == 24 and data["after"]["nodes"] == 19
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["i.json"]
+    bad = onnxrep_cmd("inspect", tmp_path / "missing.onnx")
+    assert bad.returncode == 3 and bad.stderr.startswith("onnxrep: error:")
