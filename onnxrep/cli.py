@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
+import os
 import sys
 import time
 import traceback
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 
 import click
 
 from onnxrep import __version__, io
 from onnxrep.api import optimize, select_rules
 from onnxrep.errors import EXIT_CODES, OnnxrepError
+from onnxrep.report import Report
 from onnxrep.rules import DEFAULT_RULES
 from onnxrep.verify import DEFAULT_ATOL, DEFAULT_RTOL
 
@@ -36,9 +42,66 @@ def main() -> None:
     """Structural re-parameterization of ONNX models: training-time branches → one Conv."""
 
 
+@dataclass(frozen=True)
+class Job:
+    """One file to optimize, with everything a worker process needs (picklable)."""
+
+    input_path: str
+    output_path: str
+    only: tuple[str, ...] = ()
+    skip: tuple[str, ...] = ()
+    force: bool = False
+    check: bool = True
+    input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    rtol: float = DEFAULT_RTOL
+    atol: float = DEFAULT_ATOL
+    seed: int = 0
+    external_data: bool = False
+    debug: bool = False
+
+
+@dataclass
+class Outcome:
+    job: Job
+    code: int
+    error: str | None
+    report: Report | None
+
+
+def run_job(job: Job) -> Outcome:
+    """Optimize one file; every failure becomes an exit code and one line, never an exception."""
+    try:
+        output = io.check_output_path(job.output_path, job.input_path, job.force)
+        model, report = optimize(job.input_path, rules=select_rules(job.only, job.skip), check=job.check,
+                                 input_shapes=dict(job.input_shapes), rtol=job.rtol, atol=job.atol,
+                                 seed=job.seed)
+        start = time.perf_counter()
+        written = io.save_model(model, output, external_data=job.external_data)
+        report.seconds["save"] = time.perf_counter() - start
+        report.after = dataclasses.replace(report.after, size_bytes=written)
+        return Outcome(job, 0, None, report)
+    except OnnxrepError as error:
+        return Outcome(job, error.exit_code, f"onnxrep: error: {error}", getattr(error, "report", None))
+    except Exception as error:  # a bug: one line, not a traceback, unless asked
+        if job.debug:
+            traceback.print_exc()
+        return Outcome(job, 1, f"onnxrep: internal error: {type(error).__name__}: {error} "
+                               "(please report it; --debug shows the traceback)", None)
+
+
+def _batch_inputs(paths: tuple[str, ...]) -> list[Path]:
+    files = []
+    for path in map(Path, paths):
+        files += sorted(path.glob("*.onnx")) if path.is_dir() else [path]
+    return files
+
+
 @main.command(name="optimize", epilog=EXIT_CODE_HELP)
-@click.argument("input_path", metavar="IN", type=click.Path(dir_okay=True, path_type=str))
-@click.argument("output_path", metavar="OUT", type=click.Path(path_type=str))
+@click.argument("paths", metavar="IN OUT | IN... -o OUTDIR", nargs=-1, required=True,
+                type=click.Path(path_type=str))
+@click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=str),
+              help="Batch mode: optimize every IN (files, or directories of *.onnx) into OUTDIR.")
+@click.option("-j", "--jobs", type=click.IntRange(1), help="Batch mode: worker processes (default: CPUs).")
 @click.option("--force", is_flag=True, help="Allow OUT to be the same file as IN.")
 @click.option("--no-verify", is_flag=True, help="Skip the onnxruntime comparison.")
 @click.option("--rtol", type=float, default=DEFAULT_RTOL, show_default=True,
@@ -56,41 +119,70 @@ def main() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("-v", "--verbose", is_flag=True, help="List every refusal.")
 @click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
-def optimize_command(input_path, output_path, force, no_verify, rtol, atol, input_shapes, seed,
+def optimize_command(paths, output_dir, jobs, force, no_verify, rtol, atol, input_shapes, seed,
                      only, skip, external_data, json_path, quiet, verbose, debug) -> None:
-    """Re-parameterize IN and write the verified result to OUT."""
+    """Re-parameterize IN and write the verified result to OUT (or many INs into OUTDIR)."""
     try:
-        rules = select_rules(only, skip)
+        select_rules(only, skip)
     except ValueError as error:
         raise click.BadParameter(str(error)) from None
-    shapes = dict(_parse_shape(s) for s in input_shapes)
-    try:
-        output = io.check_output_path(output_path, input_path, force)
-        model, report = optimize(input_path, rules=rules, check=not no_verify,
-                                 input_shapes=shapes, rtol=rtol, atol=atol, seed=seed)
-        start = time.perf_counter()
-        written = io.save_model(model, output, external_data=external_data)
-        report.seconds["save"] = time.perf_counter() - start
-        report.after = dataclasses.replace(report.after, size_bytes=written)
-    except OnnxrepError as error:
-        partial = getattr(error, "report", None)
-        if partial is not None and not quiet:
-            click.echo(partial.format(verbose), err=True)
-        click.echo(f"onnxrep: error: {error}", err=True)
-        sys.exit(error.exit_code)
-    except Exception as error:  # a bug: one line, not a traceback, unless asked
-        if debug:
-            traceback.print_exc()
-        click.echo(f"onnxrep: internal error: {type(error).__name__}: {error} "
-                   "(please report it; --debug shows the traceback)", err=True)
-        sys.exit(1)
+    options = dict(only=tuple(only), skip=tuple(skip), force=force, check=not no_verify,
+                   input_shapes=tuple(_parse_shape(s) for s in input_shapes), rtol=rtol, atol=atol,
+                   seed=seed, external_data=external_data, debug=debug)
+    if output_dir is None:
+        if len(paths) != 2:
+            raise click.UsageError("give IN and OUT, or several INs with -o OUTDIR")
+        outcome = run_job(Job(paths[0], paths[1], **options))
+        if outcome.report is not None and not quiet and (outcome.code == 0 or verbose or outcome.code == 9):
+            click.echo(outcome.report.format(verbose), err=outcome.code != 0)
+        if outcome.code:
+            click.echo(outcome.error, err=True)
+            sys.exit(outcome.code)
+        if json_path:
+            with open(json_path, "w") as f:
+                json.dump(outcome.report.to_dict(), f, indent=2)
+        if not quiet:
+            click.echo(f"wrote {paths[1]}")
+        return
+    _run_batch(paths, Path(output_dir), jobs, options, json_path, quiet)
+
+
+def _run_batch(paths, output_dir: Path, jobs, options, json_path, quiet) -> None:
+    inputs = _batch_inputs(paths)
+    if not inputs:
+        raise click.UsageError("no .onnx files among the inputs")
+    if not output_dir.is_dir():
+        click.echo(f"onnxrep: error: {output_dir}: directory does not exist", err=True)
+        sys.exit(8)
+    batch = [Job(str(p), str(output_dir / p.name), **options) for p in inputs]
+    workers = min(jobs or os.cpu_count() or 1, len(batch))
+    if workers == 1:
+        outcomes = [run_job(job) for job in batch]
+    else:  # spawn: onnxruntime's threads do not survive a fork
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            outcomes = list(pool.map(run_job, batch))
+    rows = [("file", "nodes", "max error", "result")]
+    for o in outcomes:
+        r = o.report
+        nodes = f"{r.before.nodes} → {r.after.nodes}" if r and r.after else "-"
+        error = f"{r.verification.max_abs_error:.2g}" if r and r.verification else "-"
+        rows.append((o.job.input_path, nodes, error, "ok" if o.code == 0 else f"exit {o.code}: {o.error}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows if not quiet else ():
+        click.echo(("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[3]).rstrip())
+    for o in outcomes if quiet else ():
+        if o.code:
+            click.echo(f"{o.job.input_path}: {o.error}", err=True)
+    failed = sum(o.code != 0 for o in outcomes)
+    if not quiet or failed:
+        click.echo(f"{len(outcomes) - failed} of {len(outcomes)} optimized into {output_dir}", err=bool(failed))
     if json_path:
         with open(json_path, "w") as f:
-            json.dump(report.to_dict(), f, indent=2)
-    if not quiet:
-        click.echo(report.format(verbose))
-        click.echo(f"wrote {output}")
-
+            json.dump([{"input": o.job.input_path, "output": o.job.output_path, "exit_code": o.code,
+                        "error": o.error, "report": o.report.to_dict() if o.report else None}
+                       for o in outcomes], f, indent=2)
+    if failed:
+        sys.exit(10)
 
 
 @main.command(name="inspect", epilog=EXIT_CODE_HELP)

@@ -52,4 +52,5 @@ EXIT_CODES = (
     (8, "output path unusable: same as the input without --force, missing or read-only directory, "
         "disk full"),
     (9, "verification failed: the optimized model's outputs differ; nothing was written"),
+    (10, "batch mode (-o OUTDIR): one or more files failed; the summary says which and why"),
 )

@@ -160,3 +160,27 @@ def test_inspect_lists_rewrites_and_refusals_and_writes_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["i.json"]
     bad = onnxrep_cmd("inspect", tmp_path / "missing.onnx")
     assert bad.returncode == 3 and bad.stderr.startswith("onnxrep: error:")
+
+
+def test_batch_mode_with_one_bad_file(tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("repvgg", "acnet"):
+        (inputs / f"{name}.onnx").write_bytes((MODELS / f"{name}.train.onnx").read_bytes())
+    (inputs / "broken.onnx").write_bytes(b"not a model")
+    out = tmp_path / "out"
+    out.mkdir()
+    result = onnxrep_cmd("optimize", inputs, "-o", out, "-j", "2", "--json", tmp_path / "batch.json")
+    assert result.returncode == 10, result.stdout + result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["acnet.onnx", "repvgg.onnx"]
+    assert "61 → 19" in result.stdout and "39 → 11" in result.stdout
+    assert "exit 4: onnxrep: error:" in result.stdout and "2 of 3 optimized" in result.stderr
+    report = json.loads((tmp_path / "batch.json").read_text())
+    assert sorted(r["exit_code"] for r in report) == [0, 0, 4]
+
+
+def test_batch_mode_all_good_and_usage_errors(tmp_path):
+    result = onnxrep_cmd("optimize", MODELS / "acnet.train.onnx", "-o", tmp_path, "-q")
+    assert result.returncode == 0 and result.stdout == "" and (tmp_path / "acnet.train.onnx").exists()
+    assert onnxrep_cmd("optimize", MODELS / "acnet.train.onnx").returncode == 2
+    assert onnxrep_cmd("optimize", SAMPLE, "-o", tmp_path / "missing").returncode == 8
