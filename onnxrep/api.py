@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import onnx
 import onnx_graphsurgeon as gs
@@ -38,6 +38,7 @@ def optimize(model: onnx.ModelProto | gs.Graph | str | os.PathLike, *,
              check: bool = True,
              input_shapes: dict[str, tuple[int, ...]] | None = None,
              rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL, seed: int = 0,
+             progress: Callable[[str], None] | None = None,
              ) -> tuple[onnx.ModelProto, Report]:
     """Re-parameterize ``model`` (a ModelProto, a graphsurgeon Graph or a path) and verify it.
 
@@ -46,7 +47,9 @@ def optimize(model: onnx.ModelProto | gs.Graph | str | os.PathLike, *,
     the best model that verifies is returned. Raises
     :class:`onnxrep.errors.VerificationFailed` (with ``.report``) only when
     nothing can be salvaged. The input ModelProto is not modified.
+    ``progress`` is called with the name of each long step as it starts.
     """
+    step = progress or (lambda name: None)
     timings = {}
     start = time.perf_counter()
     if isinstance(model, gs.Graph):
@@ -55,11 +58,13 @@ def optimize(model: onnx.ModelProto | gs.Graph | str | os.PathLike, *,
         before = ModelStats.of(model)
     else:
         path = model
+        step("load")
         model = io.load_model(path)
         timings["load"] = time.perf_counter() - start
         before = ModelStats.of(model, os.path.getsize(path))
 
     start = time.perf_counter()
+    step("rewrite")
     optimized, report = _rewrite(model, rules)
     timings["optimize"] = time.perf_counter() - start
 
@@ -68,6 +73,7 @@ def optimize(model: onnx.ModelProto | gs.Graph | str | os.PathLike, *,
             return verify(model, candidate, input_shapes=input_shapes, rtol=rtol, atol=atol, seed=seed)
 
         start = time.perf_counter()
+        step("verify")
         verification = check_model(optimized)
         dropped: list[Finding] = []
         while not verification.passed and report.applied and len(dropped) < MAX_ROLLBACKS:
@@ -75,6 +81,7 @@ def optimize(model: onnx.ModelProto | gs.Graph | str | os.PathLike, *,
                                      check_model)
             if culprit is None:
                 break
+            step(f"roll back {culprit[0]} at {culprit[1]}")
             dropped.append(Finding(*culprit, f"rolled back: the model failed verification with this rewrite "
                                              f"(max abs error {verification.max_abs_error:.3g})"))
             optimized, report = _rewrite(model, rules, blocked={(f.rule, f.where) for f in dropped})

@@ -58,6 +58,7 @@ class Job:
     seed: int = 0
     external_data: bool = False
     debug: bool = False
+    progress: bool = False
 
 
 @dataclass
@@ -68,13 +69,43 @@ class Outcome:
     report: Report | None
 
 
+class Progress:
+    """Steps and their times on one terminal line; only used when stderr is a terminal."""
+
+    def __init__(self) -> None:
+        self.start = self.step_start = time.perf_counter()
+        self.name = ""
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        done = f"{self.name} {now - self.step_start:.1f}s, " if self.name else ""
+        self.line = getattr(self, "line", "") + done
+        self.name, self.step_start = name, now
+        click.echo(f"\r\x1b[2K{self.line}{name}…", nl=False, err=True)
+
+    def close(self) -> None:
+        if self.name:
+            click.echo("\r\x1b[2K", nl=False, err=True)
+
+
 def run_job(job: Job) -> Outcome:
     """Optimize one file; every failure becomes an exit code and one line, never an exception."""
+    progress = Progress() if job.progress else None
+    try:
+        return _run_job(job, progress)
+    finally:
+        if progress is not None:
+            progress.close()
+
+
+def _run_job(job: Job, progress) -> Outcome:
     try:
         output = io.check_output_path(job.output_path, job.input_path, job.force)
         model, report = optimize(job.input_path, rules=select_rules(job.only, job.skip), check=job.check,
                                  input_shapes=dict(job.input_shapes), rtol=job.rtol, atol=job.atol,
-                                 seed=job.seed)
+                                 seed=job.seed, progress=progress)
+        if progress is not None:
+            progress("save")
         start = time.perf_counter()
         written = io.save_model(model, output, external_data=job.external_data)
         report.seconds["save"] = time.perf_counter() - start
@@ -132,7 +163,8 @@ def optimize_command(paths, output_dir, jobs, force, no_verify, rtol, atol, inpu
     if output_dir is None:
         if len(paths) != 2:
             raise click.UsageError("give IN and OUT, or several INs with -o OUTDIR")
-        outcome = run_job(Job(paths[0], paths[1], **options))
+        show = not quiet and sys.stderr.isatty()  # plain output, no control codes, in pipes and logs
+        outcome = run_job(Job(paths[0], paths[1], progress=show, **options))
         if outcome.report is not None and not quiet and (outcome.code == 0 or verbose or outcome.code == 9):
             click.echo(outcome.report.format(verbose), err=outcome.code != 0)
         if outcome.code:

@@ -31,3 +31,9 @@ def test_report_is_json_ready():
     data = json.loads(json.dumps(report.to_dict()))
     assert data["rules_fired"] == {"fold_conv_affine": 12, "merge_parallel": 4}
     assert data["verification"]["passed"] and data["before"]["nodes"] == 39
+
+
+def test_progress_reports_each_long_step():
+    steps = []
+    onnxrep.optimize(SAMPLE, progress=steps.append)
+    assert steps == ["load", "rewrite", "verify"]
