@@ -106,12 +106,16 @@ def _verification_line(v: Verification | None) -> str:
     status = "passed" if v.passed else "FAILED"
     failing = [o.name for o in v.outputs if not o.passed]
     detail = f"; differing outputs: {', '.join(failing)}" if failing else ""
-    return (f"verification: {status}, max abs error {v.max_abs_error:.3g} over "
-            f"{len(v.outputs)} output(s), inputs {shapes}{detail}")
+    checked = f"{len(v.outputs) - v.intermediates} output(s)"
+    if v.intermediates:
+        checked += f" and {v.intermediates} intermediate tensor(s)"
+    return (f"verification: {status}, max abs error {v.max_abs_error:.3g} over {checked}, "
+            f"inputs {shapes}{detail}")
 
 
 def _verification_dict(v: Verification | None) -> dict | None:
     if v is None:
         return None
     return {"passed": v.passed, "max_abs_error": v.max_abs_error, "input_shapes": v.input_shapes,
+            "intermediates": v.intermediates,
             "seconds": v.seconds, "outputs": [asdict(o) for o in v.outputs]}

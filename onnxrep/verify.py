@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import TensorProto
 
 from onnxrep.errors import UnsupportedModel
 from onnxrep.io import PROTOBUF_LIMIT
@@ -45,6 +46,7 @@ class Verification:
     outputs: tuple[OutputCheck, ...]
     input_shapes: dict[str, tuple[int, ...]]
     seconds: float
+    intermediates: int = 0  # how many of the checks are tensors inside the graph
 
     @property
     def max_abs_error(self) -> float:
@@ -117,12 +119,39 @@ def compare(name: str, reference: np.ndarray, actual: np.ndarray, rtol: float, a
                        float(atol * scale + rtol * scale), passed)
 
 
+def shared_intermediates(original: onnx.ModelProto, optimized: onnx.ModelProto) -> list[str]:
+    """Float tensors computed inside both graphs under the same name: rewrites keep the names
+    of the tensors they rewrite, so these are checked too, before pooling or argmax can hide a
+    difference."""
+    def computed(model):
+        return {o for n in model.graph.node if n.op_type not in ("Constant", "Shape") for o in n.output if o}
+    outputs = {o.name for o in original.graph.output}
+    types = {v.name: v.type.tensor_type.elem_type for v in original.graph.value_info}
+    floats = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
+    shared = (computed(original) & computed(optimized)) - outputs
+    return sorted(n for n in shared if types.get(n, TensorProto.FLOAT) in floats)
+
+
+def _exposing(model: onnx.ModelProto, names: list[str]):
+    """The model with ``names`` appended to its outputs, for a moment (no copy of the weights)."""
+    class Exposed:
+        def __enter__(self):
+            model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names)
+            return model
+
+        def __exit__(self, *exc):
+            del model.graph.output[len(model.graph.output) - len(names):]
+    return Exposed()
+
+
 def verify(original: onnx.ModelProto, optimized: onnx.ModelProto, *,
            input_shapes: dict[str, tuple[int, ...]] | None = None,
            rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL, seed: int = 0) -> Verification:
     start = time.perf_counter()
+    inner = shared_intermediates(original, optimized)
     with tempfile.TemporaryDirectory(prefix="onnxrep-verify-") as tmp_dir:
-        reference_session = _session(original, tmp_dir, "original")
+        with _exposing(original, inner):
+            reference_session = _session(original, tmp_dir, "original")
         feeds = make_inputs(reference_session, input_shapes or {}, seed)
         names = [o.name for o in reference_session.get_outputs()]
         try:
@@ -132,10 +161,12 @@ def verify(original: onnx.ModelProto, optimized: onnx.ModelProto, *,
                                    f"{_shapes(feeds)}: {str(error).strip().splitlines()[0]} "
                                    f"(set --input-shape)") from None
         del reference_session
-        actual = _session(optimized, tmp_dir, "optimized").run(names, feeds)
+        with _exposing(optimized, inner):
+            optimized_session = _session(optimized, tmp_dir, "optimized")
+        actual = optimized_session.run(names, feeds)
     checks = tuple(compare(n, r, a, rtol, atol) for n, r, a in zip(names, reference, actual))
     return Verification(all(c.passed for c in checks), checks, _shapes(feeds),
-                        time.perf_counter() - start)
+                        time.perf_counter() - start, len(inner))
 
 
 def _shapes(feeds: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
