@@ -6,7 +6,7 @@ from pathlib import Path
 
 import onnx
 import pytest
-from helpers import broken_rule, histogram
+from helpers import broken_rule, histogram, scaled_rule
 
 import onnxrep
 from onnxrep import api
@@ -51,3 +51,16 @@ def test_nothing_dropped_when_all_is_well():
     model = onnx.load(SAMPLE)
     _, report = onnxrep.optimize(model)
     assert report.dropped == [] and report.verification.passed
+
+
+def test_intermediate_tensors_catch_what_an_argmax_hides():
+    """Output = ArgMax: a wrong merge that keeps the argmax still fails on the intermediates."""
+    from onnx import TensorProto, helper
+
+    model = onnx.load(SAMPLE)
+    logits = model.graph.output[0].name
+    model.graph.node.append(helper.make_node("ArgMax", [logits], ["label"], axis=1))
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info("label", TensorProto.INT64, ["N", 1]))
+    _, report = onnxrep.optimize(model, rules=(FOLD, scaled_rule(1.001)))
+    assert report.verification.intermediates > 0 and len(report.dropped) == 8
