@@ -27,6 +27,25 @@ from onnxrep.errors import (
 
 MIN_OPSET = 7
 PROTOBUF_LIMIT = 2**31 - 1  # a serialized ModelProto cannot be larger
+#: Room left under the limit for everything that is not weights (nodes, names, shapes).
+STRUCTURE_MARGIN = 64 * 2**20
+
+
+def weight_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of the initializers, from their dims and types: far cheaper than ByteSize()."""
+    total = 0
+    for tensor in model.graph.initializer:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize \
+            if tensor.data_type != onnx.TensorProto.STRING else 0
+        count = 1
+        for d in tensor.dims:
+            count *= d
+        total += count * itemsize
+    return total
+
+
+def too_big_for_protobuf(model: onnx.ModelProto) -> bool:
+    return weight_bytes(model) > PROTOBUF_LIMIT - STRUCTURE_MARGIN
 
 
 def max_opset() -> int:
@@ -55,7 +74,8 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     if not model.HasField("graph") or not model.ir_version:
         raise NotOnnx(f"{path}: not an ONNX model (no graph or IR version in it)")
     _check_opset(model, path)
-    if any(uses_external_data(t) for t in _all_initializers(model)):
+    external = any(uses_external_data(t) for t in _all_initializers(model))
+    if external:
         try:
             load_external_data_for_model(model, str(path.parent))
         except FileNotFoundError as error:
@@ -64,8 +84,9 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         except (OSError, ValueError) as error:
             raise MissingExternalData(f"{path}: cannot read external data: {error}") from None
     try:
-        if model.ByteSize() <= PROTOBUF_LIMIT:
-            onnx.checker.check_model(model)
+        # By path: faster than the parsed proto (which the checker would serialize again),
+        # and the checker then reads any external data itself.
+        onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else "invalid model"
         raise CorruptModel(f"{path}: fails the ONNX checker: {first}") from None
@@ -114,7 +135,7 @@ def _same_file(a: Path, b: Path) -> bool:
 def save_model(model: onnx.ModelProto, output: str | os.PathLike, external_data: bool = False) -> int:
     """Write atomically; external data goes to ``<output>.data``. Returns the bytes written."""
     output = Path(output)
-    external_data = external_data or model.ByteSize() > PROTOBUF_LIMIT
+    external_data = external_data or too_big_for_protobuf(model)
     data_name = output.name + ".data"
     try:
         tmp_dir = tempfile.mkdtemp(prefix=".onnxrep-", dir=output.parent)

@@ -84,7 +84,11 @@ def dilate_kernel(weight, factors) -> np.ndarray:
 def pad_kernel(weight, before, after) -> np.ndarray:
     """Zero-pad a kernel's spatial axes: ``before[i]`` taps in front of axis i, ``after[i]`` behind."""
     weight = np.asarray(weight, np.float64)
-    return np.pad(weight, [(0, 0), (0, 0)] + [(int(b), int(a)) for b, a in zip(before, after)])
+    if not any(before) and not any(after):
+        return weight
+    result = np.zeros(weight.shape[:2] + tuple(k + b + a for k, b, a in zip(weight.shape[2:], before, after)))
+    result[(slice(None), slice(None)) + tuple(slice(b, b + k) for b, k in zip(before, weight.shape[2:]))] = weight
+    return result
 
 
 def ungroup(weight, group: int) -> np.ndarray:

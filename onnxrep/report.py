@@ -17,7 +17,7 @@ class ModelStats:
     ops: dict[str, int]
     nodes: int
     params: int
-    size_bytes: int
+    size_bytes: int | None  # None until written: ByteSize() of a big model costs seconds
 
     @classmethod
     def of(cls, model: onnx.ModelProto, size_bytes: int | None = None) -> ModelStats:
@@ -26,8 +26,7 @@ class ModelStats:
         params += sum(int(np.prod(a.t.dims)) for n in graph.node if n.op_type == "Constant"
                       for a in n.attribute if a.HasField("t"))
         ops = Counter(n.op_type for n in graph.node)
-        return cls(dict(sorted(ops.items())), len(graph.node), params,
-                   model.ByteSize() if size_bytes is None else size_bytes)
+        return cls(dict(sorted(ops.items())), len(graph.node), params, size_bytes)
 
 
 @dataclass
@@ -91,7 +90,9 @@ def _comparison(before: ModelStats, after: ModelStats) -> list[str]:
     return lines
 
 
-def _size(n: int) -> str:
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

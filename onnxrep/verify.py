@@ -20,7 +20,7 @@ import onnxruntime as ort
 from onnx import TensorProto
 
 from onnxrep.errors import UnsupportedModel
-from onnxrep.io import PROTOBUF_LIMIT
+from onnxrep.io import too_big_for_protobuf
 
 DEFAULT_RTOL = 1e-4
 DEFAULT_ATOL = 1e-5
@@ -58,7 +58,7 @@ def _session(model: onnx.ModelProto, tmp_dir: str, tag: str) -> ort.InferenceSes
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
     try:
-        if model.ByteSize() > PROTOBUF_LIMIT:
+        if too_big_for_protobuf(model):
             path = os.path.join(tmp_dir, f"{tag}.onnx")
             onnx.save_model(model, path, save_as_external_data=True, location=f"{tag}.data")
             return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])

@@ -83,8 +83,12 @@ def _flatten(node: gs.Node, sign: int, ctx: Context, operands: list, joins: list
 
 
 def _greedy_merge(branches: list[Branch]) -> tuple[ConvSpec | None, list[Branch], list[tuple[Branch, str]]]:
-    """Merge from the costliest branch down, keeping each branch that still merges exactly."""
+    """All at once when that works (the usual case); else from the costliest branch down,
+    keeping each branch that still merges exactly."""
     ordered = sorted(branches, key=lambda b: -b.spec.cost)
+    whole = spec.merge_parallel([b.spec for b in ordered])
+    if not isinstance(whole, Refusal):
+        return whole, ordered, []
     kept, left_out, merged = [ordered[0]], [], None
     for branch in ordered[1:]:
         result = spec.merge_parallel([b.spec for b in kept + [branch]])
