@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import onnx_graphsurgeon as gs
+
 from onnxrep.graph import Context
 
 
@@ -24,6 +26,22 @@ class Finding:
     rule: str
     where: str
     reason: str
+
+
+@dataclass(frozen=True, eq=False)
+class PairMatch:
+    """A match of two chained nodes, ``first → second``, that a rewrite turns into one."""
+
+    first: gs.Node
+    second: gs.Node
+
+    @property
+    def output(self) -> str:
+        return self.second.outputs[0].name
+
+    @property
+    def nodes(self) -> tuple[gs.Node, ...]:
+        return (self.first, self.second)
 
 
 @dataclass(frozen=True)

@@ -25,30 +25,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-import onnx_graphsurgeon as gs
-
 from onnxrep import kernels, lift
 from onnxrep.graph import Context, is_op, producer
-from onnxrep.rules import Finding, Rule
+from onnxrep.rules import Finding, PairMatch, Rule
 from onnxrep.spec import Refusal
 
 NAME = "fold_conv_affine"
 
 
 @dataclass(frozen=True, eq=False)
-class ConvAffine:
-    conv: gs.Node
-    op: gs.Node
+class ConvAffine(PairMatch):
+    """first: the Conv (or Gemm); second: the affine op."""
+
     lifted: lift.LiftedConv
     affine: lift.Affine
-
-    @property
-    def output(self) -> str:
-        return self.op.outputs[0].name
-
-    @property
-    def nodes(self) -> tuple[gs.Node, ...]:
-        return (self.conv, self.op)
 
 
 def find(ctx: Context) -> Iterator[ConvAffine | Finding]:
@@ -82,9 +72,9 @@ def rewrite(ctx: Context, match: ConvAffine) -> None:
     spec = match.lifted.spec
     scale, shift = match.affine.per_channel(spec.out_channels)
     weight, bias = kernels.scale_conv(spec.weight, spec.bias, scale, shift)
-    source, output = match.conv.inputs[0], match.op.outputs[0]
+    source, output = match.first.inputs[0], match.second.outputs[0]
     ctx.detach(match.nodes)
-    ctx.emit_conv(match.conv.name, source, replace(spec, weight=weight, bias=bias), output,
+    ctx.emit_conv(match.first.name, source, replace(spec, weight=weight, bias=bias), output,
                   match.lifted.dtype, with_bias=match.lifted.has_bias or bool(shift.any()))
 
 

@@ -20,26 +20,18 @@ import onnx_graphsurgeon as gs
 
 from onnxrep import lift
 from onnxrep.graph import Context, is_op, producer
-from onnxrep.rules import Finding, Rule
+from onnxrep.rules import Finding, PairMatch, Rule
 from onnxrep.spec import Refusal
 
 NAME = "fold_pad_conv"
 
 
 @dataclass(frozen=True, eq=False)
-class PadConv:
-    pad: gs.Node
-    conv: gs.Node
+class PadConv(PairMatch):
+    """first: the Pad; second: the Conv."""
+
     lifted: lift.LiftedConv
     spatial_pads: tuple[int, ...]  # ONNX order: begins, then ends
-
-    @property
-    def output(self) -> str:
-        return self.conv.outputs[0].name
-
-    @property
-    def nodes(self) -> tuple[gs.Node, ...]:
-        return (self.pad, self.conv)
 
 
 def _zero_pads(pad: gs.Node, ctx: Context, rank: int) -> tuple[int, ...] | Refusal:
@@ -105,9 +97,9 @@ def find(ctx: Context) -> Iterator[PadConv | Finding]:
 def rewrite(ctx: Context, match: PadConv) -> None:
     spec = match.lifted.spec
     pads = tuple(a + b for a, b in zip(spec.pads, match.spatial_pads))
-    source, output = match.pad.inputs[0], match.conv.outputs[0]
+    source, output = match.first.inputs[0], match.second.outputs[0]
     ctx.detach(match.nodes)
-    ctx.emit_conv(match.conv.name, source, replace(spec, pads=pads), output, match.lifted.dtype,
+    ctx.emit_conv(match.second.name, source, replace(spec, pads=pads), output, match.lifted.dtype,
                   with_bias=match.lifted.has_bias)
 
 

@@ -27,7 +27,7 @@ import onnx_graphsurgeon as gs
 
 from onnxrep import lift, spec
 from onnxrep.graph import Context, is_op, producer
-from onnxrep.rules import Finding, Rule
+from onnxrep.rules import Finding, PairMatch, Rule
 from onnxrep.spec import ConvSpec, Refusal
 
 NAME = "fold_sequential"
@@ -36,20 +36,10 @@ AFFINE_OPS = ("BatchNormalization", *lift.ELEMENTWISE)
 
 
 @dataclass(frozen=True, eq=False)
-class Chain:
-    first: gs.Node
-    second: gs.Node
+class Chain(PairMatch):
     source: gs.Tensor
     merged: ConvSpec
     dtype: np.dtype
-
-    @property
-    def output(self) -> str:
-        return self.second.outputs[0].name
-
-    @property
-    def nodes(self) -> tuple[gs.Node, ...]:
-        return (self.first, self.second)
 
 
 def _lift_affine_first(first: gs.Node, second: gs.Node, ctx: Context):
