@@ -108,3 +108,14 @@ def test_second_run_changes_nothing():
     once, _ = onnxrep.optimize(b.model())
     twice, report = onnxrep.optimize(once)
     assert not report.fired and histogram(twice) == histogram(once) == {"Conv": 2, "Relu": 2}
+
+
+def test_sequence_typed_intermediates_do_not_break_verification():
+    b = GraphBuilder(8)
+    x = b.input("x", [1, 8, 6, 6])
+    y = repvgg_block(b, x)
+    seq = b.node("SequenceConstruct", [y, x])
+    first = b.node("SequenceAt", [seq, b.constant(np.array(0, np.int64))])
+    b.output(first, [1, 8, 6, 6])
+    _, report = optimize_and_check(b.model(), {"Conv": 1, "SequenceConstruct": 1, "SequenceAt": 1})
+    assert report.verification.passed
