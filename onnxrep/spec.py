@@ -192,7 +192,7 @@ def merge_concat(specs: list[ConvSpec]) -> ConvSpec | Refusal:
                     aligned.dilations, 1, weight.size)
 
 
-def _is_pointwise(s: ConvSpec) -> bool:
+def is_pointwise(s: ConvSpec) -> bool:
     return all(k == 1 for k in s.kernel_shape) and not any(s.pads)
 
 
@@ -213,7 +213,7 @@ def merge_sequential(first: ConvSpec, second: ConvSpec, *, first_bias_padded: bo
     """
     if first.out_channels != second.in_channels or first.spatial_dims != second.spatial_dims:
         return Refusal("the convs' channels do not chain")
-    if _is_pointwise(first) and all(s == 1 for s in first.strides):
+    if is_pointwise(first) and all(s == 1 for s in first.strides):
         if any(second.pads) and np.any(first.bias) and not first_bias_padded:
             return Refusal("the second conv pads with zeros where the merged conv would see the "
                            "first conv's bias (not exact)")
@@ -223,12 +223,14 @@ def merge_sequential(first: ConvSpec, second: ConvSpec, *, first_bias_padded: bo
         bias = second.bias + taps_summed @ first.bias
         geometry = second
         strides = second.strides
-    elif _is_pointwise(second):
+    elif is_pointwise(second):
         weight, group = kernels.compose(first.weight, first.group, second.weight, second.group)
         bias = second.bias + kernels.ungroup(second.weight, second.group).reshape(
             second.out_channels, -1) @ first.bias
         geometry = first
         strides = tuple(a * b for a, b in zip(first.strides, second.strides))
+    elif is_pointwise(first):
+        return Refusal("a strided 1x1 conv before a kxk conv: the kxk taps would skip input rows")
     else:
         return Refusal("neither conv is 1x1 without pads (a kxk→kxk chain grows the kernel)")
     pixels = int(np.prod(second.strides))  # first runs on this many pixels per output pixel

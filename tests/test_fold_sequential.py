@@ -43,7 +43,6 @@ def test_merges(first, second):
 
 @pytest.mark.parametrize("first,second,reason", [
     ({"kernel": 1, "pads": Z}, {"kernel": 3}, "not exact"),  # 1x1 bias meets the 3x3's zero padding
-    ({"kernel": 3}, {"kernel": 3}, "neither conv is 1x1"),
     ({"kernel": 1, "pads": Z, "cout": 4, "bias": False}, {"kernel": 3, "pads": Z, "cout": 8}, "would cost"),
     ({"kernel": 1, "pads": Z}, {"op": "AveragePool", "kernel_shape": [3, 3]}, "would cost"),  # alone, not in DBB
     ({"kernel": 3, "group": 8}, {"kernel": 1, "pads": Z, "cout": 16}, "would cost"),  # dw → pw
@@ -51,7 +50,7 @@ def test_merges(first, second):
      {"op": "AveragePool", "kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}, "count_include_pad"),
     ({"kernel": 1, "pads": Z}, {"op": "AveragePool", "kernel_shape": [3, 3], "ceil_mode": 1, "strides": [2, 2]},
      "ceil_mode"),
-    ({"kernel": 1, "pads": Z, "stride": 2}, {"kernel": 3, "pads": Z}, "neither conv is 1x1"),
+    ({"kernel": 1, "pads": Z, "stride": 2}, {"kernel": 3, "pads": Z}, "strided 1x1"),
 ])
 def test_refuses(first, second, reason):
     second_op = second.get("op", "Conv")
@@ -68,3 +67,8 @@ def test_refuses_intermediate_read_elsewhere():
     b.output(b.op("Relu", t))
     _, report = optimize_and_check(b.model(), {"Conv": 2, "Relu": 1}, **ONLY)
     assert "also read by" in reasons(report)
+
+
+def test_kxk_chains_are_no_candidates():
+    _, report = optimize_and_check(chain({"kernel": 3}, {"kernel": 3}), {"Conv": 2}, **ONLY)
+    assert not report.refusals

@@ -227,3 +227,14 @@ def test_chain_with_bias_before_padding_is_cut_short():
     chained = b.conv(b.conv(x, C, 1, pads=[0] * 4), C, 3)
     b.output(b.op("Add", b.conv(x, C, 3), chained))
     optimize_and_check(b.model(), {"Conv": 3, "Add": 1})
+
+
+def test_identity_operand_produced_by_a_conv():
+    """x = conv0(input) with no activation after it: x + conv(x) + BN(x) still merges (x is the identity)."""
+    b = GraphBuilder(25)
+    inp = b.input("input", [1, C, 8, 8])
+    x = b.conv(inp, C, 3)
+    y = b.op("Add", b.op("Add", x, b.bn(b.conv(x, C, 3))), b.bn(x))
+    b.output(y)
+    _, report = optimize_and_check(b.model(), {"Conv": 2})
+    assert report.fired["merge_parallel"] == 1 and not report.refusals

@@ -118,7 +118,7 @@ def find(ctx: Context) -> Iterator[Join | Finding]:
         rest: list[tuple[gs.Tensor, int]] = []
         for (tensor, sign, _), branch in zip(operands, lifted):
             sibling = branches_of.get(id(tensor))
-            if branch is None and sibling is not None:
+            if not isinstance(branch, Branch) and sibling is not None:
                 # The source itself is an operand: the identity branch.
                 identity = spec.identity(sibling.spec.in_channels, sibling.spec.spatial_dims)
                 branch = Branch(tensor, sign, tensor, identity if sign > 0 else identity.negated(),
