@@ -19,12 +19,9 @@ from onnxrep import kernels
 
 @dataclass(frozen=True)
 class Refusal:
-    """Why a rewrite was not made. Falsy, so ``if not result`` reads naturally."""
+    """Why a rewrite was not made. Test for it with isinstance (or ``is not None``)."""
 
     reason: str
-
-    def __bool__(self) -> bool:
-        return False
 
 
 @dataclass(frozen=True, eq=False)
