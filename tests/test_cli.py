@@ -111,6 +111,12 @@ def test_internal_error_is_one_line(tmp_path, monkeypatch, flags):
 def _bad_inputs(tmp_path):
     data = SAMPLE.read_bytes()
     files = {"empty.onnx": b"", "random.onnx": bytes(range(256)) * 4, "truncated.onnx": data[: len(data) // 2]}
+    model = onnx.load(SAMPLE)
+    model.opset_import[0].version = onnx.defs.onnx_opset_version() + 1
+    files["future_opset.onnx"] = model.SerializeToString()
+    model = onnx.load(SAMPLE)
+    model.graph.node[0].input[0] = "undefined_tensor"
+    files["fails_checker.onnx"] = model.SerializeToString()
     for name, content in files.items():
         (tmp_path / name).write_bytes(content)
     return tmp_path
@@ -121,6 +127,8 @@ def _bad_inputs(tmp_path):
     ("empty.onnx", 4, "not an ONNX model"),
     ("random.onnx", 4, "not an ONNX model"),
     ("truncated.onnx", 5, "truncated or corrupt"),
+    ("fails_checker.onnx", 5, "fails the ONNX checker"),
+    ("future_opset.onnx", 7, "outside the supported range"),
 ])
 def test_bad_input_is_one_line(tmp_path, name, code, message):
     (tmp_path / "in").mkdir()
