@@ -72,6 +72,12 @@ def export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
     kept = [v for v in model.graph.value_info if v.type.tensor_type.HasField("shape")]
     del model.graph.value_info[:]
     model.graph.value_info.extend(kept)
+    # graphsurgeon drops node metadata (exporters put source locations there): nodes that
+    # survive under their name and op keep theirs.
+    metadata = {(n.name, n.op_type): n.metadata_props for n in original.graph.node if n.metadata_props}
+    for node in model.graph.node:
+        if (node.name, node.op_type) in metadata:
+            node.metadata_props.extend(metadata[node.name, node.op_type])
     missing = overridable_initializers(original) - {i.name for i in model.graph.initializer}
     model.graph.initializer.extend(i for i in original.graph.initializer if i.name in missing)
     del model.opset_import[:]

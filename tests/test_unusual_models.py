@@ -119,3 +119,15 @@ def test_sequence_typed_intermediates_do_not_break_verification():
     b.output(first, [1, 8, 6, 6])
     _, report = optimize_and_check(b.model(), {"Conv": 1, "SequenceConstruct": 1, "SequenceAt": 1})
     assert report.verification.passed
+
+
+def test_node_metadata_survives_on_untouched_nodes():
+    b = GraphBuilder(9)
+    x = b.input("x", [1, 8, 6, 6])
+    b.output(b.op("Relu", repvgg_block(b, x)))
+    model = b.model()
+    relu = next(n for n in model.graph.node if n.op_type == "Relu")
+    helper.set_metadata_props(relu, {"pkg.torch.onnx.class_hierarchy": "['Net', 'ReLU']"})
+    optimized, _ = onnxrep.optimize(model)
+    kept = next(n for n in optimized.graph.node if n.op_type == "Relu")
+    assert kept.metadata_props == relu.metadata_props

@@ -1,0 +1,211 @@
+"""Export PyTorch re-parameterization nets to ONNX fixtures, train and deploy, with both exporters.
+
+    python tools/export_fixtures.py
+
+For every block family in tools/torch_blocks.py this builds a small net (fixed
+seed, random BatchNorm statistics), its deploy twin (the authors'
+switch_to_deploy, computed in torch), and writes
+
+    tests/fixtures/torch/<block>.<ts|dynamo>.<train|deploy>.onnx
+    tests/fixtures/torch/manifest.json
+
+"ts" is the TorchScript exporter (dynamo=False), "dynamo" the torch.export one,
+each with its own typical settings (opsets below, default optimizations) so the
+files look like what users bring. The batch dim is dynamic. Before writing the
+manifest it checks that torch train == torch deploy, and that for each exporter
+the train and deploy files give the torch output in onnxruntime (its graph
+optimizations off, so its own Conv+BN fusion cannot hide anything).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import sys
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch_blocks as tb  # noqa: E402
+
+OUT = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "torch"
+OPSETS = {"ts": 17, "dynamo": 20}     # TorchScript's long-time default; dynamo's current default
+BATCH = 2                             # example batch (1 would be specialized by torch.export)
+RTOL, ATOL = 1e-4, 1e-5               # atol is relative to the output's largest magnitude
+
+
+class Pooled(nn.Module):
+    """Blocks → global average pool → flatten → head (RepViT's forward)."""
+
+    def __init__(self, blocks: nn.Module, head: nn.Module):
+        super().__init__()
+        self.blocks, self.head = blocks, head
+
+    def forward(self, x):
+        return self.head(F.adaptive_avg_pool2d(self.blocks(x), 1).flatten(1))
+
+
+def seq(*blocks):
+    return nn.Sequential(*blocks)
+
+
+# name → (builder, input channels, description). Spatial size 16x16 everywhere.
+NETS = {
+    "repvgg": (lambda: seq(tb.RepVGGBlock(3, 8), tb.RepVGGBlock(8, 16, stride=2), tb.RepVGGBlock(16, 16),
+                           tb.RepVGGBlock(16, 16, groups=4)), 3,
+               "RepVGG: 3->8, 8->16 stride 2 (no identity), 16->16 with identity, 16->16 groups 4 with identity; ReLU"),
+    "yolov6_repvgg": (lambda: seq(*(tb.RepVGGBlock(c, 16, stride=s, variant="yolov6")
+                                    for c, s in ((8, 2), (16, 1), (16, 1)))), 8,
+                      "YOLOv6 RepVGGBlock (BN eps 1e-3): 8->16 stride 2, then two 16->16 with identity; ReLU"),
+    "yolov7_repconv": (lambda: seq(tb.RepVGGBlock(8, 16, variant="yolov7"), tb.RepVGGBlock(16, 16, variant="yolov7"),
+                                   tb.RepVGGBlock(16, 16, variant="yolov7", identity=False),
+                                   tb.RepVGGBlock(16, 16, stride=2, variant="yolov7")), 8,
+                       "YOLOv7 RepConv (BN eps 1e-3, SiLU): 8->16, 16->16 with identity BN, 16->16 without, "
+                       "16->16 stride 2"),
+    "ppyoloe_repvgg": (lambda: seq(tb.RepVGGBlock(8, 16, variant="ppyoloe", alpha=True),
+                                   tb.RepVGGBlock(16, 16, variant="ppyoloe", alpha=True),
+                                   tb.RepVGGBlock(16, 16, variant="ppyoloe")), 8,
+                       "PP-YOLOE RepVggBlock (no identity, swish): two with alpha (shape [1]) on the 1x1 branch, "
+                       "one without"),
+    "acnet": (lambda: seq(tb.ACBlock(3, 8), tb.ACBlock(8, 16, stride=2), tb.ACBlock(16, 16, groups=4)), 3,
+              "ACNet: 3x3 + 1x3 + 3x1 conv-BN: 3->8, 8->16 stride 2, 16->16 groups 4; ReLU"),
+    "dbb": (lambda: seq(tb.DiverseBranchBlock(3, 8), tb.DiverseBranchBlock(8, 16, stride=2),
+                        tb.DiverseBranchBlock(16, 16, groups=16)), 3,
+            "Diverse Branch Block, 3x3: 3->8, 8->16 stride 2 (four branches, BNAndPad, IdentityBasedConv1x1), "
+            "16 depthwise (origin + 1x1(x2 width)->3x3 + AvgPool(pad 1)-BN); ReLU"),
+    "mobileone": (lambda: seq(tb.MobileOneBlock(8, 8, 3, groups=8, num_conv_branches=3),
+                              tb.MobileOneBlock(8, 16, 1, num_conv_branches=3),
+                              tb.MobileOneBlock(16, 16, 3, stride=2, groups=16, num_conv_branches=3),
+                              tb.MobileOneBlock(16, 16, 1, num_conv_branches=3)), 8,
+                  "MobileOne, 3 conv branches: dw 3x3 (+scale +skip), pw 8->16 (no skip), dw 3x3 stride 2 "
+                  "(+scale, no skip), pw 16->16 (+skip); ReLU"),
+    "replknet": (lambda: seq(tb.RepLKBlock(8, 16, 13, 5), tb.RepLKBlock(8, 16, 7, 3)), 8,
+                 "RepLKNet block x + pw2(ReLU(LK(pw1(BN(x))))): dw 13x13 + 5x5, then dw 7x7 + 3x3 "
+                 "(deploy merges only the LK convs, as the authors do)"),
+    "fastvit_repmixer": (lambda: seq(tb.RepMixer(16), tb.RepMixer(16)), 16,
+                         "FastViT RepMixer x + ls*(mixer(x) - norm(x)), twice, dim 16, layer scale (16,1,1)"),
+    "repghost": (lambda: seq(tb.RepGhostModule(8, 16), tb.RepGhostModule(16, 16, reparam_identity=True)), 8,
+                 "RepGhost module: 1x1 conv-BN-ReLU then dw 3x3 conv-BN + BN branch (+ identity in the 2nd); "
+                 "only the cheap op is re-parameterized"),
+    "repvit": (lambda: Pooled(seq(tb.RepViTBlock(16, 32), tb.RepViTBlock(16, 32)), tb.RepViTClassifier(16, 10)), 16,
+               "RepViT: two blocks (RepVGGDW, residual 1x1-GELU-1x1 conv-BN), pool, flatten, "
+               "BN1d-Linear + distillation BN1d-Linear averaged (all fused in deploy)"),
+}
+
+
+def export(net: nn.Module, x: torch.Tensor, path: Path, exporter: str, dynamic: bool = True) -> None:
+    common = dict(input_names=["input"], output_names=["output"], opset_version=OPSETS[exporter])
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        if exporter == "ts":
+            axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic else None
+            torch.onnx.export(net, (x,), str(path), dynamo=False, **common, dynamic_axes=axes)
+        else:
+            shapes = ({0: torch.export.Dim("batch")},) if dynamic else None
+            program = torch.onnx.export(net, (x,), dynamo=True, **common, dynamic_shapes=shapes)
+            program.save(str(path), external_data=False)
+    model = onnx.load(path)
+    # dynamo records each node's Python stack trace, with absolute paths and line numbers: drop it so
+    # the files do not depend on where this runs (the other node metadata_props stay, as users have them).
+    for node in model.graph.node:
+        kept = [p for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
+        if len(kept) != len(node.metadata_props):
+            del node.metadata_props[:]
+            node.metadata_props.extend(kept)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save_model(model, path)
+
+
+def run(path: Path, x: np.ndarray) -> np.ndarray:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 4          # a failing run raises; no extra red log line
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return session.run(None, {"input": x})[0]
+
+
+def check(name: str, got: np.ndarray, want: np.ndarray) -> float:
+    err = float(np.abs(got - want).max())
+    scale = float(np.abs(want).max())
+    if not np.allclose(got, want, rtol=RTOL, atol=ATOL * scale):
+        raise SystemExit(f"{name}: outputs differ, max abs error {err:.3g} (output scale {scale:.3g})")
+    return err
+
+
+def histogram(path: Path) -> str:
+    ops = Counter(n.op_type for n in onnx.load(path).graph.node)
+    return " ".join(f"{op}:{n}" for op, n in sorted(ops.items()))
+
+
+def export_pair(name, exporter, nets, x, x_check, dynamic) -> dict[str, np.ndarray]:
+    """Export train and deploy, run both in onnxruntime on x_check; raises if a file does not run."""
+    outputs = {}
+    for kind, net in nets.items():
+        path = OUT / f"{name}.{exporter}.{kind}.onnx"
+        export(net, x, path, exporter, dynamic)
+        outputs[kind] = run(path, x_check.numpy())
+    return outputs
+
+
+def build(name: str, seed: int) -> dict:
+    make, channels, description = NETS[name]
+    torch.manual_seed(seed)
+    train = tb.randomize_(make(), seed)
+    nets = {"train": train, "deploy": tb.deploy_twin(train)}
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(BATCH, channels, 16, 16, generator=g)               # export example
+    x_check = torch.randn(BATCH + 1, channels, 16, 16, generator=g)     # other values, other batch size
+    with torch.no_grad():
+        want = train(x_check).numpy()
+        twin_err = check(f"{name} torch deploy", nets["deploy"](x_check).numpy(), want)
+    print(f"{name}: output max |y| {np.abs(want).max():.3g}, torch train vs deploy {twin_err:.2e}")
+    files, shapes = {}, {}
+    for exporter in OPSETS:
+        check_x, check_want = x_check, want
+        try:
+            outputs = export_pair(name, exporter, nets, x, x_check, dynamic=True)
+            shapes[exporter] = ["batch", channels, 16, 16]
+        except Exception as error:  # onnxruntime's own exception types are not importable by name
+            # TorchScript bakes the example batch size into the Expand shapes of DBB's slice
+            # assignment while declaring the batch dynamic: such a net is exported with batch 1.
+            print(f"  {name}.{exporter}: the dynamic-batch export fails at batch {BATCH + 1} "
+                  f"({str(error).splitlines()[0][-60:]}): static batch 1 instead")
+            check_x, check_want = x_check[:1], want[:1]
+            outputs = export_pair(name, exporter, nets, check_x, check_x, dynamic=False)
+            shapes[exporter] = [1, channels, 16, 16]
+        for kind in nets:
+            path = OUT / f"{name}.{exporter}.{kind}.onnx"
+            err = check(path.name, outputs[kind], check_want)
+            files.setdefault(exporter, {})[kind] = path.name
+            print(f"  {path.name:38s} {path.stat().st_size / 1024:6.1f} KB  ort vs torch {err:.2e}  {histogram(path)}")
+        err = check(f"{name}.{exporter} train vs deploy", outputs["deploy"], outputs["train"])
+        print(f"  {name}.{exporter}: ort train vs ort deploy, max abs error {err:.2e}")
+    return {"description": description, "input_shape": shapes, "seed": seed, "files": files}
+
+
+def main() -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    torch.use_deterministic_algorithms(True)
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)   # "torchvision is not installed" notices
+    blocks = {name: build(name, seed) for seed, name in enumerate(NETS, start=2021)}
+    manifest = {"torch": torch.__version__, "onnx": onnx.__version__,
+                "opset": OPSETS, "exporters": {"ts": "torch.onnx.export(dynamo=False)",
+                                               "dynamo": "torch.onnx.export(dynamo=True), default optimize=True"},
+                "input": "input", "output": "output", "blocks": blocks}
+    (OUT / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    total = sum(p.stat().st_size for p in OUT.glob("*.onnx"))
+    print(f"{len(list(OUT.glob('*.onnx')))} files, {total / 1024:.0f} KB in {OUT}")
+
+
+if __name__ == "__main__":
+    main()
