@@ -14,7 +14,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxrep import lift, spec
-from onnxrep.graph import Context, is_op, producer
+from onnxrep.graph import Context, constant_value, is_op, producer
 from onnxrep.spec import ConvSpec, Refusal
 
 
@@ -53,7 +53,9 @@ def lift_node(node: gs.Node | None, ctx: Context, ranks) -> tuple | Refusal | No
         pool = lift.average_pool(node, _source_channels(source, ranks))
         return pool if isinstance(pool, Refusal) else (source, pool, None, False)
     if is_op(node, "BatchNormalization", *lift.ELEMENTWISE):
-        known = [r for t in node.inputs if (r := _spatial_rank(t, ranks)) is not None]
+        # The rank of the data input: a constant operand (Mul(c, X) as well as Mul(X, c)) says nothing of it.
+        known = [r for t in node.inputs[:1 if node.op == "BatchNormalization" else 2]
+                 if constant_value(t) is None and (r := _spatial_rank(t, ranks)) is not None]
         affine = lift.affine(node, ctx, known[0] + 2 if known else None)
         if affine is None or isinstance(affine, Refusal):
             return affine
@@ -100,23 +102,70 @@ def lift_branch(tensor: gs.Tensor, sign: int, reader: gs.Node, ctx: Context, ran
     return Branch(tensor, sign, source, conv_spec, tuple(nodes), node.name, dtype, has_bias)
 
 
-def _source_channels(tensor: gs.Tensor, ranks) -> int | None:
-    """A tensor's channel count: from sibling convs, its exported shape, or the op that makes it."""
+#: Ops whose output has the shape of their first input.
+SHAPE_KEEPING = ("Relu", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Clip", "Elu", "Selu",
+                 "Celu", "Gelu", "Mish", "Softplus", "Softsign", "Erf", "Abs", "Neg", "Exp", "Identity", "Dropout",
+                 "BatchNormalization", "InstanceNormalization")
+#: Ops that keep the rank and the channels (axis 1) of their first input.
+CHANNEL_KEEPING = ("AveragePool", "MaxPool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "Resize", "Upsample")
+BROADCASTING = ("Add", "Sub", "Mul", "Div", "Sum", "Max", "Min", "Mean", "Pow")
+
+
+def _rank_and_channels(tensor: gs.Tensor, ranks, depth: int = 0) -> tuple[int | None, int | None]:
+    """A tensor's rank and channel count (axis 1), or None for what is unknown.
+
+    From, in order: the convs reading it, its exported shape or constant value,
+    or the op that makes it (followed back through ops that keep shapes, for
+    graphs exported without value_info).
+    """
     if id(tensor) in ranks:
-        return ranks[id(tensor)][1]
-    shape = tensor.shape
-    if shape is not None and len(shape) > 1 and isinstance(shape[1], int):
-        return shape[1]
+        spatial, channels = ranks[id(tensor)]
+        return spatial + 2, channels
+    value = constant_value(tensor)
+    shape = value.shape if value is not None else tensor.shape
+    if shape is not None:
+        channels = shape[1] if len(shape) > 1 and isinstance(shape[1], int) else None
+        return len(shape), channels
     node = producer(tensor)
-    if is_op(node, *lift.LINEAR_OPS) and lift.layout(node) is not None:
-        return lift.conv_out_channels(node)
-    if is_op(node, "AveragePool", "BatchNormalization", *lift.ELEMENTWISE) and node.inputs:
-        return _source_channels(node.inputs[0], ranks)
-    return None
+    if node is None or not node.inputs or depth > 64:
+        return None, None
+    if is_op(node, *lift.LINEAR_OPS):
+        known = lift.layout(node)
+        return (known[0] + 2, lift.conv_out_channels(node)) if known is not None else (None, None)
+    if is_op(node, *SHAPE_KEEPING, *CHANNEL_KEEPING):
+        return _rank_and_channels(node.inputs[0], ranks, depth + 1)
+    if is_op(node, *BROADCASTING):
+        return _broadcast([_rank_and_channels(t, ranks, depth + 1) for t in node.inputs],
+                          [constant_value(t) for t in node.inputs])
+    return None, None
+
+
+def _broadcast(known: list[tuple[int | None, int | None]], values: list) -> tuple[int | None, int | None]:
+    """Rank and channels of a broadcasting op's output, when every input's are known."""
+    if any(rank is None for rank, _ in known):
+        return None, None
+    rank = max(r for r, _ in known)
+    if rank < 2:
+        return rank, None
+    channels = set()
+    for (r, c), value in zip(known, values):
+        axis = 1 - (rank - r)  # the input's axis that lands on the output's axis 1
+        if axis < 0:
+            continue
+        dim = c if axis == 1 else (value.shape[0] if value is not None else None)
+        if dim is None:
+            return rank, None
+        channels.add(dim)
+    channels.discard(1)
+    return rank, (channels.pop() if len(channels) == 1 else None if channels else 1)
+
+
+def _source_channels(tensor: gs.Tensor, ranks) -> int | None:
+    return _rank_and_channels(tensor, ranks)[1]
 
 
 def _channels(affine: lift.Affine, ranks: dict[int, tuple[int, int]]) -> int | None:
-    """Channels of an affine branch: its parameters', a sibling conv's, or the exported shape's."""
+    """Channels of an affine branch: its parameters', a sibling conv's, or the source's."""
     sizes = {affine.scale.size, affine.shift.size} - {1}
     if sizes:
         return sizes.pop() if len(sizes) == 1 else None
@@ -124,13 +173,5 @@ def _channels(affine: lift.Affine, ranks: dict[int, tuple[int, int]]) -> int | N
 
 
 def _spatial_rank(tensor: gs.Tensor, ranks: dict[int, tuple[int, int]]) -> int | None:
-    if id(tensor) in ranks:
-        return ranks[id(tensor)][0]
-    if tensor.shape is not None and len(tensor.shape) >= 2:
-        return len(tensor.shape) - 2
-    node = producer(tensor)
-    if is_op(node, *lift.LINEAR_OPS) and lift.layout(node) is not None:
-        return lift.layout(node)[0]
-    if is_op(node, "AveragePool"):
-        return len(node.attrs["kernel_shape"])
-    return None
+    rank = _rank_and_channels(tensor, ranks)[0]
+    return rank - 2 if rank is not None and rank >= 2 else None

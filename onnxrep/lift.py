@@ -11,7 +11,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxrep import kernels
-from onnxrep.graph import Context, is_op, sharing
+from onnxrep.graph import Context, constant_value, is_op, sharing
 from onnxrep.spec import ConvSpec, Refusal
 
 FLOAT_TYPES = (np.float16, np.float32, np.float64)
@@ -106,11 +106,22 @@ def _weight(tensor: gs.Tensor, node: gs.Node, ctx: Context, what: str) -> np.nda
     return value
 
 
-def layout(node: gs.Node) -> tuple[int, int] | None:
-    """(spatial rank, input channels) of a Conv or Gemm, from its weight's exported shape."""
+def _weight_shape(node: gs.Node) -> tuple | None:
+    """The shape of a Conv's or Gemm's weight: exported, or its constant value's (a Constant node)."""
     weight = node.inputs[1] if is_op(node, *LINEAR_OPS) and len(node.inputs) > 1 else None
-    shape = weight.shape if weight is not None else None
+    if weight is None:
+        return None
+    shape = weight.shape
     if not shape or not all(isinstance(d, int) for d in shape):
+        value = constant_value(weight)
+        shape = value.shape if value is not None else None
+    return tuple(shape) if shape else None
+
+
+def layout(node: gs.Node) -> tuple[int, int] | None:
+    """(spatial rank, input channels) of a Conv or Gemm, from its weight's shape."""
+    shape = _weight_shape(node)
+    if shape is None:
         return None
     if node.op == "Gemm":
         return 0, shape[0] if node.attrs.get("transB", 0) == 0 else shape[1]
@@ -119,7 +130,7 @@ def layout(node: gs.Node) -> tuple[int, int] | None:
 
 def conv_out_channels(node: gs.Node) -> int:
     """Output channels of a Conv or Gemm whose weight shape is known (see layout)."""
-    shape = node.inputs[1].shape
+    shape = _weight_shape(node)
     if node.op == "Gemm" and not node.attrs.get("transB", 0):
         return shape[1]
     return shape[0]

@@ -31,7 +31,7 @@ import onnx_graphsurgeon as gs
 
 from onnxrep import spec
 from onnxrep.branches import Branch, layouts, lift_branch
-from onnxrep.graph import Context, is_op, producer
+from onnxrep.graph import Context, constant_value, is_op, producer
 from onnxrep.rules import Finding, Rule
 from onnxrep.spec import ConvSpec, Refusal
 
@@ -152,11 +152,12 @@ def _shares_source(tensor: gs.Tensor, operands) -> bool:
     node = producer(tensor)
     if node is None or not node.inputs:
         return False
-    source = node.inputs[0]
+    # The data input: Mul(c, X) reads X as its second input.
+    source = next((t for t in node.inputs if constant_value(t) is None), node.inputs[0])
     for other, _, _ in operands:
         other_node = producer(other)
         if other is source or (other is not tensor and other_node is not None
-                               and other_node.inputs and other_node.inputs[0] is source):
+                               and any(t is source for t in other_node.inputs)):
             return True
     return False
 
