@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Sequence
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
@@ -35,30 +37,41 @@ def rewrite_graph(graph: gs.Graph, rules: Sequence[Rule], report: Report,
         changed = False
         for rule in rules:
             ctx = Context.of(graph, overridable)
-            matches = []
-            for item in rule.find(ctx):  # collect everything before mutating anything
+            touched: set[int] = set()
+            # Each match is rewritten as soon as it is found, so that only one match's float64
+            # kernels are alive at a time. Rules walk a snapshot of the nodes (ctx.nodes())
+            # skipping the ones cut out meanwhile, and look at the graph as it is now.
+            for item in rule.find(ctx):
                 if isinstance(item, Finding):
                     findings.append(item)
-                elif (rule.name, item.output) in blocked:
-                    continue  # rolled back: the caller reports it
-                elif allowed is None or (rule.name, item.output) in allowed:
-                    matches.append(item)
-            touched: set[int] = set()
-            for match in matches:
-                ids = {id(n) for n in match.nodes}
+                    continue
+                key = (rule.name, item.output)  # read before the rewrite detaches the nodes
+                if key in blocked or (allowed is not None and key not in allowed):
+                    continue  # rolled back (the caller reports it), or outside a bisection prefix
+                ids = {id(n) for n in item.nodes}
                 if ids & touched:
-                    continue  # overlaps a rewrite made this sweep: the next sweep sees it afresh
+                    continue  # a safety net: rules match on the live graph, so this does not happen
                 touched |= ids
-                key = (rule.name, match.output)  # read before the rewrite detaches the nodes
-                rule.rewrite(ctx, match)
+                weights = [t for n in item.nodes for t in n.inputs if isinstance(t, gs.Constant)]
+                rule.rewrite(ctx, item)
+                _release(weights, ctx)
                 report.fired[rule.name] += 1
                 report.applied.append(key)
             if touched:
                 changed = True
                 graph.cleanup().toposort()
+                gc.collect()  # graphsurgeon's tensors are reference cycles: free the cut-out ones now
         if not changed:
             report.refusals = list(dict.fromkeys(findings))
             return
+
+
+def _release(weights: list[gs.Constant], ctx: Context) -> None:
+    """Drop the values of weights nothing reads any more (a gigabyte on big models): graphsurgeon
+    tensors are reference cycles, which Python frees only at its next cyclic collection."""
+    for tensor in weights:
+        if not tensor.outputs and id(tensor) not in ctx.graph_outputs:
+            tensor.values = np.zeros((0,), tensor.dtype)
 
 
 def export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:

@@ -6,7 +6,7 @@ outside their match reads.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,6 +42,12 @@ class Context:
         inputs = {id(t) for t in graph.inputs} | {id(tensors[n]) for n in overridable if n in tensors}
         names = set(tensors) | {n.name for n in graph.nodes}
         return cls(graph, {id(t) for t in graph.outputs}, inputs, names)
+
+    def nodes(self) -> Iterator[gs.Node]:
+        """The graph's nodes as the sweep began, less those a rewrite has cut out since."""
+        for node in list(self.graph.nodes):
+            if node.outputs:
+                yield node
 
     def constant(self, tensor: gs.Tensor, what: str) -> np.ndarray | Refusal:
         """The value of a tensor that is provably constant, or why it is not."""

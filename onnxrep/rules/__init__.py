@@ -1,11 +1,12 @@
 """The rules, as an explicit pipeline. A rule is a module with one :class:`Rule`.
 
-A rule's ``find`` walks the graph without changing it and yields matches (any
-object with a ``nodes`` tuple: the nodes its rewrite removes or replaces, and
-``output``: the name of the tensor it rewrites, which stays the same from run
-to run and so identifies the rewrite for rollback) and
-:class:`Finding` refusals. The engine then applies non-overlapping matches
-with ``rewrite``; nothing is mutated while matches are still being collected.
+A rule's ``find`` walks the graph (``ctx.nodes()``) without changing it and
+yields matches (any object with a ``nodes`` tuple: the nodes its rewrite
+removes or replaces, and ``output``: the name of the tensor it rewrites, which
+stays the same from run to run and so identifies the rewrite for rollback) and
+:class:`Finding` refusals. The engine applies each match with ``rewrite`` as
+soon as it is yielded, before ``find`` resumes: ``find`` must not carry what it
+learnt about the graph from one match to the next.
 """
 
 from __future__ import annotations

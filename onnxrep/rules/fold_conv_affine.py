@@ -42,7 +42,7 @@ class ConvAffine(PairMatch):
 
 
 def find(ctx: Context) -> Iterator[ConvAffine | Finding]:
-    for op in ctx.graph.nodes:
+    for op in ctx.nodes():
         if not is_op(op, "BatchNormalization", *lift.ELEMENTWISE):
             continue
         conv = next((producer(t) for t in op.inputs if is_op(producer(t), *lift.LINEAR_OPS)), None)

@@ -73,7 +73,7 @@ def _zero_pads(pad: gs.Node, ctx: Context, rank: int) -> tuple[int, ...] | Refus
 
 
 def find(ctx: Context) -> Iterator[PadConv | Finding]:
-    for conv in ctx.graph.nodes:
+    for conv in ctx.nodes():
         if not is_op(conv, "Conv") or not conv.inputs:
             continue
         pad = producer(conv.inputs[0])

@@ -82,7 +82,7 @@ def _lift_pair(first: gs.Node, second: gs.Node, ctx: Context):
 
 
 def find(ctx: Context) -> Iterator[Chain | Finding]:
-    for second in ctx.graph.nodes:
+    for second in ctx.nodes():
         if not is_op(second, *OPS) or not second.inputs:
             continue
         first = producer(second.inputs[0])

@@ -63,7 +63,7 @@ def _runs(lifted: list) -> Iterator[tuple[int, list[Branch]]]:
 
 
 def find(ctx: Context) -> Iterator[ConcatRun | Finding]:
-    for concat in ctx.graph.nodes:
+    for concat in ctx.nodes():
         if not is_op(concat, "Concat") or len(concat.inputs) < 2:
             continue
         ranks = layouts(concat.inputs)

@@ -101,7 +101,7 @@ def _greedy_merge(branches: list[Branch]) -> tuple[ConvSpec | None, list[Branch]
 
 
 def find(ctx: Context) -> Iterator[Join | Finding]:
-    for root in ctx.graph.nodes:
+    for root in ctx.nodes():
         if not _is_join(root) or _is_inner(root, ctx):
             continue
         operands, joins = [], []
