@@ -26,11 +26,22 @@ def select_rules(only: Sequence[str] = (), skip: Sequence[str] = ()) -> tuple[Ru
     return tuple(r for r in DEFAULT_RULES if (not only or r.name in only) and r.name not in skip)
 
 
-def _rewrite(model: onnx.ModelProto, rules, allowed=None, blocked=frozenset()) -> tuple[onnx.ModelProto, Report]:
+def _rewrite(model: onnx.ModelProto, rules, allowed=None, blocked=frozenset(), *,
+             free_model: Callable[[], None] | None = None) -> tuple[onnx.ModelProto, Report]:
+    """Rewrite a copy of ``model``. With ``free_model``, the weights are read out of the proto at
+    once and ``free_model`` is called to drop the caller's reference to it: the proto's memory
+    is then freed before the rewrite starts (a big model's weights are never held twice)."""
     report = Report()
     graph = gs.import_onnx(model)
-    engine.rewrite_graph(graph, rules, report, engine.overridable_initializers(model), allowed, blocked)
-    return engine.export(graph, model), report
+    overridable = engine.overridable_initializers(model)
+    original = model
+    if free_model is not None:
+        engine.load_weights(graph)
+        original = engine.skeleton(model)
+        del model
+        free_model()
+    engine.rewrite_graph(graph, rules, report, overridable, allowed, blocked)
+    return engine.export(graph, original), report
 
 
 def optimize(model: onnx.ModelProto | gs.Graph | str | os.PathLike, *,
@@ -52,6 +63,7 @@ def optimize(model: onnx.ModelProto | gs.Graph | str | os.PathLike, *,
     step = progress or (lambda name: None)
     timings = {}
     start = time.perf_counter()
+    path = None
     if isinstance(model, gs.Graph):
         model = gs.export_onnx(model, do_type_check=False)
     if isinstance(model, onnx.ModelProto):
@@ -65,15 +77,24 @@ def optimize(model: onnx.ModelProto | gs.Graph | str | os.PathLike, *,
 
     start = time.perf_counter()
     step("rewrite")
-    optimized, report = _rewrite(model, rules)
+    if path is None:
+        optimized, report = _rewrite(model, rules)
+    else:
+        # Our own copy, read from the file: freed during the rewrite, and read again to verify.
+        loaded = [model]
+        del model
+        optimized, report = _rewrite(loaded[0], rules, free_model=loaded.clear)
     timings["optimize"] = time.perf_counter() - start
 
     if check:
+        start = time.perf_counter()
+        step("verify")
+        if path is not None:
+            model = io.load_model(path)
+
         def check_model(candidate: onnx.ModelProto) -> Verification:
             return verify(model, candidate, input_shapes=input_shapes, rtol=rtol, atol=atol, seed=seed)
 
-        start = time.perf_counter()
-        step("verify")
         verification = check_model(optimized)
         dropped: list[Finding] = []
         while not verification.passed and report.applied and len(dropped) < MAX_ROLLBACKS:

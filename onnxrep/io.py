@@ -71,6 +71,7 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         if data[:1] == b"\x08":
             raise CorruptModel(f"{path}: truncated or corrupt ONNX file (protobuf does not parse)") from None
         raise NotOnnx(f"{path}: not an ONNX model (not a protobuf ModelProto)") from None
+    del data  # the parsed model holds its own copy: do not keep two
     if not model.HasField("graph") or not model.ir_version:
         raise NotOnnx(f"{path}: not an ONNX model (no graph or IR version in it)")
     _check_opset(model, path)
@@ -84,13 +85,69 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         except (OSError, ValueError) as error:
             raise MissingExternalData(f"{path}: cannot read external data: {error}") from None
     try:
-        # By path: faster than the parsed proto (which the checker would serialize again),
-        # and the checker then reads any external data itself.
-        onnx.checker.check_model(str(path))
+        _check_weights(model)
+        onnx.checker.check_model(_structure(model))
     except onnx.checker.ValidationError as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else "invalid model"
         raise CorruptModel(f"{path}: fails the ONNX checker: {first}") from None
     return model
+
+
+def without_weights(model: onnx.ModelProto, keep: frozenset[str] | set[str] = frozenset()) -> onnx.ModelProto:
+    """A copy of the model without its initializers (but those named in ``keep``): cheap to copy."""
+    light = onnx.ModelProto()
+    for field, value in model.ListFields():
+        if field.name != "graph":
+            _copy_field(light, field, value)
+    for field, value in model.graph.ListFields():
+        if field.name != "initializer":
+            _copy_field(light.graph, field, value)
+    light.graph.initializer.extend(t for t in model.graph.initializer if t.name in keep)
+    return light
+
+
+def _structure(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model without its weights, for the checker: each initializer becomes a typed graph input.
+
+    The checker would otherwise serialize (or re-read) every weight, which on a
+    big model costs more time and memory than all of onnxrep's own work;
+    _check_weights checks what it would have checked of them.
+    """
+    light = without_weights(model)
+    declared = {i.name for i in model.graph.input}
+    light.graph.input.extend(
+        onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+        for t in model.graph.initializer if t.name not in declared)
+    return light
+
+
+def _copy_field(message, field, value) -> None:
+    repeated = getattr(field, "is_repeated", None)
+    if repeated if repeated is not None else field.label == field.LABEL_REPEATED:
+        getattr(message, field.name).extend(value)
+    elif field.message_type is not None:
+        getattr(message, field.name).CopyFrom(value)
+    else:
+        setattr(message, field.name, value)
+
+
+def _check_weights(model: onnx.ModelProto) -> None:
+    """What onnx.checker checks of an initializer: a known type, and as many bytes as its shape needs."""
+    for tensor in model.graph.initializer:
+        if tensor.data_type == onnx.TensorProto.UNDEFINED:
+            raise onnx.checker.ValidationError(f"initializer {tensor.name} has no data type")
+        if not tensor.HasField("raw_data") or tensor.data_type == onnx.TensorProto.STRING:
+            continue
+        count = 1
+        for d in tensor.dims:
+            count *= d
+        bits = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4}.get(tensor.data_type)
+        expected = (count * bits + 7) // 8 if bits else \
+            count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        if len(tensor.raw_data) != expected:
+            raise onnx.checker.ValidationError(
+                f"initializer {tensor.name}: {len(tensor.raw_data)} bytes of data for shape "
+                f"{list(tensor.dims)} ({expected} bytes expected)")
 
 
 def _all_initializers(model: onnx.ModelProto):
@@ -132,6 +189,56 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve()
 
 
+def write_model(model: onnx.ModelProto, f) -> None:
+    """Serialize ``model`` into the open binary file ``f``, one weight at a time.
+
+    ``model.SerializeToString()`` would build a second copy of every weight in
+    memory; this writes the same message (fields in another order, which
+    protobuf allows) holding at most one weight's bytes at a time. Wire format:
+    ModelProto.graph is field 7, GraphProto.initializer field 5 and
+    TensorProto.raw_data field 9, each length-delimited (wire type 2).
+    """
+    head = without_weights(model)
+    graph_rest = head.graph.SerializeToString()
+    head.ClearField("graph")
+    pieces = []  # per initializer: its fields but raw_data, and raw_data's length (None: no raw_data)
+    for tensor in model.graph.initializer:
+        if tensor.HasField("raw_data"):
+            meta = onnx.TensorProto()
+            for field, value in tensor.ListFields():
+                if field.name != "raw_data":
+                    _copy_field(meta, field, value)
+            pieces.append((meta.SerializeToString(), len(tensor.raw_data)))
+        else:
+            pieces.append((tensor.SerializeToString(), None))
+    sizes = [len(meta) + (0 if raw is None else _field_size(raw)) for meta, raw in pieces]
+    f.write(head.SerializeToString())
+    f.write(_TAG_GRAPH + _varint(len(graph_rest) + sum(_field_size(n) for n in sizes)))
+    f.write(graph_rest)
+    for tensor, (meta, raw), size in zip(model.graph.initializer, pieces, sizes):
+        f.write(_TAG_INITIALIZER + _varint(size) + meta)
+        if raw is not None:
+            f.write(_TAG_RAW_DATA + _varint(raw))
+            f.write(tensor.raw_data)
+
+
+_TAG_GRAPH, _TAG_INITIALIZER, _TAG_RAW_DATA = bytes([7 << 3 | 2]), bytes([5 << 3 | 2]), bytes([9 << 3 | 2])
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field_size(length: int) -> int:
+    """Bytes of a one-byte-tag length-delimited field with ``length`` bytes of payload."""
+    return 1 + len(_varint(length)) + length
+
+
 def save_model(model: onnx.ModelProto, output: str | os.PathLike, external_data: bool = False) -> int:
     """Write atomically; external data goes to ``<output>.data``. Returns the bytes written."""
     output = Path(output)
@@ -148,7 +255,7 @@ def save_model(model: onnx.ModelProto, output: str | os.PathLike, external_data:
                             location=data_name, size_threshold=1024)
         else:
             with open(tmp_model, "wb") as f:
-                f.write(model.SerializeToString())
+                write_model(model, f)
                 f.flush()
                 os.fsync(f.fileno())
         written = sum(p.stat().st_size for p in Path(tmp_dir).iterdir())
