@@ -14,7 +14,7 @@ from pathlib import Path
 
 import onnx
 from google.protobuf.message import DecodeError
-from onnx.external_data_helper import load_external_data_for_model, uses_external_data
+from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_model, uses_external_data
 
 from onnxrep.errors import (
     CorruptModel,
@@ -56,6 +56,8 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     """Read, parse and check a model, with its external data loaded from its own directory."""
     path = Path(path)
     try:
+        if path.exists() and not path.is_dir() and not path.is_file():  # a FIFO or /dev/zero: reading would block
+            raise InputNotFound(f"{path}: not a regular file")
         data = path.read_bytes()
     except FileNotFoundError:
         raise InputNotFound(f"{path}: no such file") from None
@@ -67,8 +69,10 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     try:
         model.ParseFromString(data)
     except (DecodeError, RuntimeError, ValueError):
-        # An ONNX file starts with field 1 (ir_version, a varint): tag byte 0x08.
-        if data[:1] == b"\x08":
+        # An ONNX file starts with field 1 (ir_version, a varint): tag byte 0x08. Another message
+        # (a TensorProto also starts with 0x08) has well-formed fields but no graph (field 7).
+        fields = _top_level_fields(data)
+        if data[:1] == b"\x08" and (fields is None or (7, 2) in fields):
             raise CorruptModel(f"{path}: truncated or corrupt ONNX file (protobuf does not parse)") from None
         raise NotOnnx(f"{path}: not an ONNX model (not a protobuf ModelProto)") from None
     del data  # the parsed model holds its own copy: do not keep two
@@ -78,19 +82,80 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     external = any(uses_external_data(t) for t in _all_initializers(model))
     if external:
         try:
+            _check_external_locations(model, path)
             load_external_data_for_model(model, str(path.parent))
         except FileNotFoundError as error:
             missing = error.filename or str(error)
             raise MissingExternalData(f"{path}: external data file missing: {missing}") from None
-        except (OSError, ValueError) as error:
+        except onnx.checker.ValidationError as error:  # onnx refuses the location (e.g. a symlink)
+            raise CorruptModel(f"{path}: external data refused: {_one_line(error)}") from None
+        except ValueError as error:  # offset or length beyond the end of the file, or not a number
+            raise CorruptModel(f"{path}: truncated or corrupt external data: {_one_line(error)}") from None
+        except OSError as error:
             raise MissingExternalData(f"{path}: cannot read external data: {error}") from None
     try:
         _check_weights(model)
         onnx.checker.check_model(_structure(model))
     except onnx.checker.ValidationError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else "invalid model"
-        raise CorruptModel(f"{path}: fails the ONNX checker: {first}") from None
+        raise CorruptModel(f"{path}: fails the ONNX checker: {_one_line(error)}") from None
     return model
+
+
+def _one_line(error: Exception, limit: int = 300) -> str:
+    """An error message on one line (onnx's span several), cut to ``limit`` characters."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _top_level_fields(data: bytes) -> set[tuple[int, int]] | None:
+    """(field number, wire type) of each top-level protobuf field, None if ``data`` is not well-formed."""
+    fields, pos, end = set(), 0, len(data)
+    while pos < end:
+        key, pos = _read_varint(data, pos)
+        if key is None or key >> 3 == 0:
+            return None
+        if key & 7 == 0:
+            value, pos = _read_varint(data, pos)
+            if value is None:
+                return None
+        elif key & 7 == 2:
+            length, pos = _read_varint(data, pos)
+            if length is None:
+                return None
+            pos += length
+        elif key & 7 in (1, 5):
+            pos += 8 if key & 7 == 1 else 4
+        else:
+            return None
+        fields.add((key >> 3, key & 7))
+    return fields if pos == end else None
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int | None, int]:
+    value = shift = 0
+    while pos < len(data) and shift < 64:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+    return None, pos
+
+
+def _check_external_locations(model: onnx.ModelProto, path: Path) -> None:
+    """Every external-data file lies in the model's directory (no absolute path, no ``..``) and exists."""
+    for tensor in _all_initializers(model):
+        if not uses_external_data(tensor):
+            continue
+        location = ExternalDataInfo(tensor).location
+        parts = Path(os.path.normpath(location or ".")).parts
+        if not location or os.path.isabs(location) or Path(location).drive or parts[:1] == ("..",):
+            raise CorruptModel(f"{path}: external data location {location!r} of {tensor.name} is outside "
+                               "the model's directory (refused)")
+        if not (path.parent / location).is_file():
+            raise MissingExternalData(f"{path}: external data file missing: {path.parent / location} "
+                                      f"(for {tensor.name})")
 
 
 def without_weights(model: onnx.ModelProto, keep: frozenset[str] | set[str] = frozenset()) -> onnx.ModelProto:
@@ -174,6 +239,8 @@ def check_output_path(output: str | os.PathLike, input_path: str | os.PathLike |
         raise OutputError(f"{output}: is the input file; pass --force to overwrite it")
     if output.is_dir():
         raise OutputError(f"{output}: is a directory")
+    if output.exists() and not output.is_file():  # a device or FIFO: renaming over it would replace it
+        raise OutputError(f"{output}: exists and is not a regular file")
     parent = output.parent if str(output.parent) else Path(".")
     if not parent.is_dir():
         raise OutputError(f"{output}: directory {parent} does not exist")
@@ -247,7 +314,7 @@ def save_model(model: onnx.ModelProto, output: str | os.PathLike, external_data:
     try:
         tmp_dir = tempfile.mkdtemp(prefix=".onnxrep-", dir=output.parent)
     except OSError as error:
-        raise OutputError(f"{output}: cannot write: {error.strerror}") from None
+        raise OutputError(f"{output}: cannot create a file in {output.parent}: {error.strerror}") from None
     try:
         tmp_model = Path(tmp_dir) / output.name
         if external_data:
@@ -260,10 +327,34 @@ def save_model(model: onnx.ModelProto, output: str | os.PathLike, external_data:
                 os.fsync(f.fileno())
         written = sum(p.stat().st_size for p in Path(tmp_dir).iterdir())
         if external_data:
-            os.replace(Path(tmp_dir) / data_name, output.parent / data_name)
-        os.replace(tmp_model, output)
+            _replace_keeping_old(Path(tmp_dir) / data_name, output.parent / data_name, Path(tmp_dir) / "old")
+        try:
+            os.replace(tmp_model, output)
+        except OSError:
+            if external_data:  # put back the data file the old output at ``output`` reads
+                _undo_replace(output.parent / data_name, Path(tmp_dir) / "old")
+            raise
         return written
     except OSError as error:
         raise OutputError(f"{output}: cannot write: {error.strerror or error}") from None
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _replace_keeping_old(source: Path, target: Path, backup: Path) -> None:
+    """os.replace, with a hard link to the replaced file (if any) kept at ``backup`` for _undo_replace."""
+    try:
+        os.link(target, backup)
+    except OSError:
+        pass  # nothing to keep (or links unsupported: then an undo only removes the new file)
+    os.replace(source, target)
+
+
+def _undo_replace(target: Path, backup: Path) -> None:
+    try:
+        if backup.exists():
+            os.replace(backup, target)
+        else:
+            target.unlink()
+    except OSError:
+        pass

@@ -51,18 +51,36 @@ def regroup(weight, group: int, new_group: int) -> np.ndarray:
     weight = np.asarray(weight, np.float64)
     if new_group == group:
         return weight
-    if group % new_group:
-        raise ValueError(f"cannot regroup a {group}-group kernel into {new_group} groups")
+    cout, cin_per_group = weight.shape[:2]
+    result = np.zeros((cout, cin_per_group * group // new_group) + weight.shape[2:])
+    return add_into(result, new_group, weight, group, (0,) * (weight.ndim - 2))
+
+
+def add_into(result: np.ndarray, result_group: int, weight, group: int, offsets) -> np.ndarray:
+    """``result += weight``, in place, with the weight's taps shifted by ``offsets`` on each spatial
+    axis (the zero padding around it is never built) and its groups regrouped to ``result_group``.
+
+    ``result`` is float64 ``(Cout, Cin/result_group, *K)``; ``weight`` is any float dtype
+    ``(Cout, Cin/group, *k)`` with ``offsets[i] + k[i] <= K[i]``; ``group`` a multiple of
+    ``result_group`` (see regroup). Adding in place keeps one merged kernel in memory, not
+    one padded copy per branch.
+    """
+    weight = np.asarray(weight)
+    spatial = tuple(slice(o, o + k) for o, k in zip(offsets, weight.shape[2:]))
+    if group == result_group:
+        result[(slice(None), slice(None)) + spatial] += weight
+        return result
+    if group % result_group:
+        raise ValueError(f"cannot regroup a {group}-group kernel into {result_group} groups")
     cout, cin_per_group = weight.shape[:2]
     cin = cin_per_group * group
     out_channel = np.arange(cout)
     old_group = out_channel // (cout // group)
-    new_group_of = out_channel // (cout // new_group)
+    new_group_of = out_channel // (cout // result_group)
     # first column, within the new group, of the input channels this output read
-    first = old_group * cin_per_group - new_group_of * (cin // new_group)
-    result = np.zeros((cout, cin // new_group) + weight.shape[2:])
+    first = old_group * cin_per_group - new_group_of * (cin // result_group)
     columns = first[:, None] + np.arange(cin_per_group)[None, :]
-    result[out_channel[:, None], columns] = weight
+    result[(out_channel[:, None], columns) + spatial] += weight
     return result
 
 
@@ -78,16 +96,6 @@ def dilate_kernel(weight, factors) -> np.ndarray:
     spatial = weight.shape[2:]
     result = np.zeros(weight.shape[:2] + tuple(f * (k - 1) + 1 for f, k in zip(factors, spatial)))
     result[(slice(None), slice(None)) + tuple(slice(None, None, f) for f in factors)] = weight
-    return result
-
-
-def pad_kernel(weight, before, after) -> np.ndarray:
-    """Zero-pad a kernel's spatial axes: ``before[i]`` taps in front of axis i, ``after[i]`` behind."""
-    weight = np.asarray(weight, np.float64)
-    if not any(before) and not any(after):
-        return weight
-    result = np.zeros(weight.shape[:2] + tuple(k + b + a for k, b, a in zip(weight.shape[2:], before, after)))
-    result[(slice(None), slice(None)) + tuple(slice(b, b + k) for b, k in zip(before, weight.shape[2:]))] = weight
     return result
 
 

@@ -83,12 +83,20 @@ def identity(channels: int, spatial_dims: int) -> ConvSpec:
 
 @dataclass(frozen=True)
 class _Aligned:
-    """Branch kernels on one grid: same size, dilation and groups, taps lined up."""
+    """Where each branch kernel sits on the merged conv's grid (same dilation and groups)."""
 
-    weights: list[np.ndarray]
+    weights: list[np.ndarray]  # dilated to the common dilation, not yet padded or regrouped
+    offsets: list[tuple[int, ...]]  # per kernel, its first tap's index on each merged axis
+    kernel_shape: tuple[int, ...]
     pads: tuple[int, ...]
     dilations: tuple[int, ...]
     group: int
+
+    def add(self, result: np.ndarray, result_group: int, specs: list[ConvSpec]) -> np.ndarray:
+        """Sum every branch kernel into ``result`` (float64), in place."""
+        for weight, offsets, s in zip(self.weights, self.offsets, specs):
+            kernels.add_into(result, result_group, weight, s.group, offsets)
+        return result
 
 
 def _align(specs: list[ConvSpec]) -> _Aligned | Refusal:
@@ -122,7 +130,7 @@ def _align(specs: list[ConvSpec]) -> _Aligned | Refusal:
         begins.append(s.pads[:nd])
         ends.append(s.pads[nd:])
 
-    pad_begin, pad_end, before, after = [], [], [[] for _ in specs], [[] for _ in specs]
+    pad_begin, pad_end, before, shape = [], [], [[] for _ in specs], []
     for a in range(nd):
         sizes = [w.shape[2 + a] for w in weights]
         # Equal "extent" (pads minus kernel span) means equal output size for every input size.
@@ -134,22 +142,20 @@ def _align(specs: list[ConvSpec]) -> _Aligned | Refusal:
             return Refusal(f"pads do not line up with dilation {dilation[a]} on spatial axis {a}")
         offsets = [(top - b[a]) // dilation[a] for b in begins]
         size = max(o + k for o, k in zip(offsets, sizes))
-        for i, (o, k) in enumerate(zip(offsets, sizes)):
+        for i, o in enumerate(offsets):
             before[i].append(o)
-            after[i].append(size - o - k)
+        shape.append(size)
         pad_begin.append(top)
         pad_end.append(extents.pop() - top + dilation[a] * (size - 1))
 
     group = math.gcd(*[s.group for s in specs]) if nd else 1
-    aligned = [kernels.regroup(kernels.pad_kernel(w, b, a), s.group, group)
-               for w, b, a, s in zip(weights, before, after, specs)]
-    return _Aligned(aligned, tuple(pad_begin + pad_end), dilation, group)
+    return _Aligned(weights, [tuple(b) for b in before], tuple(shape), tuple(pad_begin + pad_end), dilation, group)
 
 
-def _costlier(weight: np.ndarray, group: int, cost: int) -> Refusal | None:
-    if weight.size > cost:
+def _costlier(size: int, shape: tuple[int, ...], group: int, cost: int) -> Refusal | None:
+    if size > cost:
         return Refusal(
-            f"merged kernel {tuple(weight.shape)} (group {group}) would cost {weight.size} "
+            f"merged kernel {shape} (group {group}) would cost {size} "
             f"multiply-adds per pixel, more than the {cost} of the branches")
     return None
 
@@ -163,12 +169,17 @@ def merge_parallel(specs: list[ConvSpec]) -> ConvSpec | Refusal:
     aligned = _align(specs)
     if isinstance(aligned, Refusal):
         return aligned
-    weight = sum(aligned.weights)
-    refusal = _costlier(weight, aligned.group, sum(s.cost for s in specs))
+    cout = specs[0].out_channels
+    shape = (cout, specs[0].in_channels // aligned.group) + aligned.kernel_shape
+    size = math.prod(shape)
+    refusal = _costlier(size, shape, aligned.group, sum(s.cost for s in specs))
     if refusal is not None:
         return refusal
-    return ConvSpec(weight, sum(s.bias for s in specs), specs[0].strides, aligned.pads,
-                    aligned.dilations, aligned.group, weight.size)
+    weight = aligned.add(np.zeros(shape), aligned.group, specs)
+    bias = np.zeros(cout)
+    for s in specs:
+        bias += s.bias
+    return ConvSpec(weight, bias, specs[0].strides, aligned.pads, aligned.dilations, aligned.group, size)
 
 
 def merge_concat(specs: list[ConvSpec]) -> ConvSpec | Refusal:
@@ -180,13 +191,17 @@ def merge_concat(specs: list[ConvSpec]) -> ConvSpec | Refusal:
     aligned = _align(specs)
     if isinstance(aligned, Refusal):
         return aligned
-    weights = [kernels.regroup(w, aligned.group, 1) for w in aligned.weights]
-    weight = np.concatenate(weights, axis=0)
-    refusal = _costlier(weight, 1, sum(s.cost for s in specs))
+    shape = (sum(s.out_channels for s in specs), specs[0].in_channels) + aligned.kernel_shape
+    size = math.prod(shape)
+    refusal = _costlier(size, shape, 1, sum(s.cost for s in specs))
     if refusal is not None:
         return refusal
+    weight, row = np.zeros(shape), 0
+    for w, offsets, s in zip(aligned.weights, aligned.offsets, specs):
+        kernels.add_into(weight[row:row + s.out_channels], 1, w, s.group, offsets)
+        row += s.out_channels
     return ConvSpec(weight, np.concatenate([s.bias for s in specs]), specs[0].strides, aligned.pads,
-                    aligned.dilations, 1, weight.size)
+                    aligned.dilations, 1, size)
 
 
 def is_pointwise(s: ConvSpec) -> bool:
