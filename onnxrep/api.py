@@ -73,7 +73,7 @@ def optimize(model: onnx.ModelProto | gs.Graph | str | os.PathLike, *,
         step("load")
         model = io.load_model(path)
         timings["load"] = time.perf_counter() - start
-        before = ModelStats.of(model, os.path.getsize(path))
+        before = ModelStats.of(model, _size_on_disk(path, model))
 
     start = time.perf_counter()
     step("rewrite")
@@ -141,3 +141,15 @@ def _first_failing(model, rules, applied, blocked, check_model) -> tuple[str, st
         else:
             low = middle
     return applied[high - 1]
+
+
+def _size_on_disk(path, model: onnx.ModelProto) -> int:
+    """The model file's size plus its external data files' (the loaded model no longer names them)."""
+    size = os.path.getsize(path)
+    if io.weight_bytes(model) <= size:
+        return size  # the weights fit in the file itself
+    header = onnx.load(path, load_external_data=False)  # small: the weights are elsewhere
+    locations = {entry.value for tensor in header.graph.initializer
+                 for entry in tensor.external_data if entry.key == "location"}
+    return size + sum(os.path.getsize(os.path.join(os.path.dirname(path), loc)) for loc in locations)
+
