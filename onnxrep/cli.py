@@ -17,7 +17,7 @@ import click
 
 from onnxrep import __version__, io
 from onnxrep.api import optimize, select_rules
-from onnxrep.errors import EXIT_CODES, OnnxrepError
+from onnxrep.errors import EXIT_CODES, OnnxrepError, OutputError, UnsupportedModel
 from onnxrep.report import Report
 from onnxrep.rules import DEFAULT_RULES
 from onnxrep.verify import DEFAULT_ATOL, DEFAULT_RTOL
@@ -112,12 +112,29 @@ def _run_job(job: Job, progress) -> Outcome:
         report.after = dataclasses.replace(report.after, size_bytes=written)
         return Outcome(job, 0, None, report)
     except OnnxrepError as error:
-        return Outcome(job, error.exit_code, f"onnxrep: error: {error}", getattr(error, "report", None))
+        message = f"onnxrep: error: {error}"
+        if isinstance(error, UnsupportedModel) and job.check and str(error).startswith("onnxruntime cannot run"):
+            message += "; cannot verify the result, nothing written (--no-verify skips the check)"
+        return Outcome(job, error.exit_code, message, getattr(error, "report", None))
     except Exception as error:  # a bug: one line, not a traceback, unless asked
         if job.debug:
             traceback.print_exc()
         return Outcome(job, 1, f"onnxrep: internal error: {type(error).__name__}: {error} "
                                "(please report it; --debug shows the traceback)", None)
+
+
+def _check_json_path(json_path, inputs, outputs=()) -> None:
+    """Before any work: --json FILE must be writable, and neither an input (it would be overwritten) nor OUT."""
+    if not json_path:
+        return
+    try:
+        taken = [p for p in (*inputs, *outputs) if io.same_path(json_path, p)]
+        if taken:
+            raise OutputError(f"{json_path}: is also {'an input' if taken[0] in inputs else 'an output'}")
+        io.check_output_path(json_path, None, force=False)
+    except OnnxrepError as error:
+        click.echo(f"onnxrep: error: --json {error}", err=True)
+        sys.exit(error.exit_code)
 
 
 def _batch_inputs(paths: tuple[str, ...]) -> list[Path]:
@@ -163,6 +180,7 @@ def optimize_command(paths, output_dir, jobs, force, no_verify, rtol, atol, inpu
     if output_dir is None:
         if len(paths) != 2:
             raise click.UsageError("give IN and OUT, or several INs with -o OUTDIR")
+        _check_json_path(json_path, paths[:1], paths[1:])
         show = not quiet and sys.stderr.isatty()  # plain output, no control codes, in pipes and logs
         outcome = run_job(Job(paths[0], paths[1], progress=show, **options))
         if outcome.report is not None and not quiet and (outcome.code == 0 or verbose or outcome.code == 9):
@@ -187,6 +205,7 @@ def _run_batch(paths, output_dir: Path, jobs, options, json_path, quiet) -> None
         click.echo(f"onnxrep: error: {output_dir}: directory does not exist", err=True)
         sys.exit(8)
     batch = [Job(str(p), str(output_dir / p.name), **options) for p in inputs]
+    _check_json_path(json_path, [j.input_path for j in batch], [j.output_path for j in batch])
     workers = min(jobs or os.cpu_count() or 1, len(batch))
     if workers == 1:
         outcomes = [run_job(job) for job in batch]
@@ -228,6 +247,7 @@ def inspect_command(input_path, only, skip, json_path) -> None:
         rules = select_rules(only, skip)
     except ValueError as error:
         raise click.BadParameter(str(error)) from None
+    _check_json_path(json_path, [input_path])
     try:
         _, report = optimize(input_path, rules=rules, check=False)
     except OnnxrepError as error:

@@ -44,13 +44,15 @@ EXIT_CODES = (
     (0, "success: the optimized model was written"),
     (1, "internal error in onnxrep (a bug: please report it, with --debug output)"),
     (2, "bad command-line usage"),
-    (3, "input file missing or unreadable"),
+    (3, "input file missing, unreadable or not a regular file"),
     (4, "input is not an ONNX model"),
-    (5, "input is a truncated or corrupt ONNX model, or fails the ONNX checker"),
+    (5, "input is a truncated or corrupt ONNX model, fails the ONNX checker, or has external data that is "
+        "truncated or outside its directory"),
     (6, "an external-data file the model refers to is missing"),
-    (7, "unsupported model: opset outside the supported range, or onnxruntime cannot run it"),
-    (8, "output path unusable: same as the input without --force, missing or read-only directory, "
-        "disk full"),
+    (7, "unsupported model: opset outside the supported range, or onnxruntime cannot run it (so it cannot "
+        "be verified; --no-verify skips the check)"),
+    (8, "output path (or --json FILE) unusable: same as the input without --force, missing or read-only "
+        "directory, not a regular file, disk full"),
     (9, "verification failed: the optimized model's outputs differ; nothing was written"),
     (10, "batch mode (-o OUTDIR): one or more files failed; the summary says which and why"),
 )

@@ -7,6 +7,7 @@ run never leaves a half-written output.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -109,8 +110,11 @@ def _one_line(error: Exception, limit: int = 300) -> str:
 
 def _top_level_fields(data: bytes) -> set[tuple[int, int]] | None:
     """(field number, wire type) of each top-level protobuf field, None if ``data`` is not well-formed."""
-    fields, pos, end = set(), 0, len(data)
+    fields, pos, end, count = set(), 0, len(data), 0
     while pos < end:
+        count += 1
+        if count > 100_000:  # a ModelProto has a few dozen top-level fields: do not walk a crafted file forever
+            return None
         key, pos = _read_varint(data, pos)
         if key is None or key >> 3 == 0:
             return None
@@ -243,7 +247,8 @@ def check_output_path(output: str | os.PathLike, input_path: str | os.PathLike |
         raise OutputError(f"{output}: exists and is not a regular file")
     parent = output.parent if str(output.parent) else Path(".")
     if not parent.is_dir():
-        raise OutputError(f"{output}: directory {parent} does not exist")
+        raise OutputError(f"{output}: {parent} is not a directory" if parent.exists() else
+                          f"{output}: directory {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"{output}: directory {parent} is not writable")
     return output
@@ -254,6 +259,11 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.samefile(b)
     except OSError:
         return a.resolve() == b.resolve()
+
+
+def same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths, existing or not, name the same file."""
+    return _same_file(Path(a), Path(b))
 
 
 def write_model(model: onnx.ModelProto, f) -> None:
@@ -343,18 +353,14 @@ def save_model(model: onnx.ModelProto, output: str | os.PathLike, external_data:
 
 def _replace_keeping_old(source: Path, target: Path, backup: Path) -> None:
     """os.replace, with a hard link to the replaced file (if any) kept at ``backup`` for _undo_replace."""
-    try:
+    with contextlib.suppress(OSError):  # nothing to keep (or no hard links: an undo then only removes)
         os.link(target, backup)
-    except OSError:
-        pass  # nothing to keep (or links unsupported: then an undo only removes the new file)
     os.replace(source, target)
 
 
 def _undo_replace(target: Path, backup: Path) -> None:
-    try:
+    with contextlib.suppress(OSError):
         if backup.exists():
             os.replace(backup, target)
         else:
             target.unlink()
-    except OSError:
-        pass

@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto
+from onnx.external_data_helper import load_external_data_for_model
 
 from onnxrep.errors import UnsupportedModel
 from onnxrep.io import too_big_for_protobuf
@@ -61,7 +62,10 @@ def _session(model: onnx.ModelProto, tmp_dir: str, tag: str) -> ort.InferenceSes
         if too_big_for_protobuf(model):
             path = os.path.join(tmp_dir, f"{tag}.onnx")
             onnx.save_model(model, path, save_as_external_data=True, location=f"{tag}.data")
-            return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+            try:
+                return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+            finally:
+                load_external_data_for_model(model, tmp_dir)  # save_model moved the weights out: back in
         return ort.InferenceSession(model.SerializeToString(), options,
                                     providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own unexported error types
