@@ -54,6 +54,9 @@ def affine(node: gs.Node, ctx: Context, rank: int | None) -> Affine | Refusal | 
         return batchnorm(node, ctx)
     if not is_op(node, *ELEMENTWISE) or len(node.outputs) != 1:
         return None
+    if _closes_gelu(node):
+        return Refusal(f"{node.name} closes a GELU (x·(1+erf(x/√2))·0.5), which runtimes fuse into one op: "
+                       f"folding it elsewhere would break that fusion")
     if node.op == "Neg":
         return Affine(node.inputs[0], np.array(-1.0), np.array(0.0), node.inputs[0].dtype)
     a, b = node.inputs
@@ -77,6 +80,20 @@ def affine(node: gs.Node, ctx: Context, rank: int | None) -> Affine | Refusal | 
         "Sub": ((-one, per_channel) if const_first else (one, -per_channel)),
     }[node.op]
     return Affine(source, scale, shift, source.dtype if source.dtype is not None else value.dtype)
+
+
+def _closes_gelu(node: gs.Node) -> bool:
+    """The final ``Mul(·, 0.5)`` of an exported GELU: its other input is ``Mul(x, Add(Erf|Tanh(…), 1))``."""
+    if node.op != "Mul":
+        return False
+    for tensor in node.inputs:
+        inner = tensor.inputs[0] if len(tensor.inputs) == 1 else None
+        if is_op(inner, "Mul") and any(
+                is_op(add := (t.inputs[0] if len(t.inputs) == 1 else None), "Add")
+                and any(len(u.inputs) == 1 and is_op(u.inputs[0], "Erf", "Tanh") for u in add.inputs)
+                for t in inner.inputs):
+            return True
+    return False
 
 
 def _per_channel(value: np.ndarray, rank: int | None) -> np.ndarray | Refusal:

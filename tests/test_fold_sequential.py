@@ -72,3 +72,19 @@ def test_refuses_intermediate_read_elsewhere():
 def test_kxk_chains_are_no_candidates():
     _, report = optimize_and_check(chain({"kernel": 3}, {"kernel": 3}), {"Conv": 2}, **ONLY)
     assert not report.refusals
+
+
+@pytest.mark.parametrize("inner", ["Erf", "Tanh"])
+def test_the_mul_that_closes_a_gelu_is_left_for_the_runtime_to_fuse(inner):
+    """TorchScript's GELU, x·(1+erf(x/√2))·0.5, ends in a Mul(0.5) that would fold into the next
+    conv; onnxruntime and TensorRT then no longer see a GELU to fuse, and the model runs slower."""
+    import numpy as np
+
+    b = GraphBuilder(seed=41)
+    x = b.conv(b.input("x", ["N", 8, 10, 10]), 8, 3, pads=[1, 1, 1, 1])
+    scaled = b.op("Div", x, b.constant(np.array(1.4142135, np.float32)))
+    one_plus = b.op("Add", b.op(inner, scaled), b.constant(np.array(1.0, np.float32)))
+    gelu = b.op("Mul", b.op("Mul", x, one_plus), b.constant(np.array(0.5, np.float32)))
+    b.output(b.conv(gelu, 8, 1))
+    _, report = optimize_and_check(b.model(), {"Conv": 2, "Div": 1, inner: 1, "Add": 1, "Mul": 2})
+    assert "closes a GELU" in reasons(report)
