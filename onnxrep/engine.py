@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Sequence
 
 import numpy as np
@@ -62,7 +61,6 @@ def rewrite_graph(graph: gs.Graph, rules: Sequence[Rule], report: Report,
             if touched:
                 changed = True
                 graph.cleanup().toposort()
-                gc.collect()  # graphsurgeon's tensors are reference cycles: free the cut-out ones now
         if not changed:
             report.refusals = list(dict.fromkeys(findings))
             return
