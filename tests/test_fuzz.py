@@ -645,6 +645,13 @@ def _histogram_with_joins(model) -> Counter:
     return +counts
 
 
+def _near_miss(block, miss):
+    """Build the block with its near-miss, optimize and check it: (built, optimized, report)."""
+    note(miss)
+    built = build(block, miss)
+    return (built, *check(built, block["seed"] + 1))
+
+
 def _reasons(report) -> str:
     return " | ".join(f.reason for f in report.refusals)
 
@@ -657,9 +664,7 @@ def test_branch_read_elsewhere_is_kept(data):
     br = block["branches"][target]
     wheres = ["output", "node"] + (["inner"] if br["kind"] == "conv" and br["after"] else [])
     miss = dict(kind="read", branch=target, where=data.draw(st.sampled_from(wheres)))
-    note(miss)
-    built = build(block, miss)
-    optimized, report = check(built, block["seed"] + 1)
+    built, optimized, report = _near_miss(block, miss)
     read = built.convs[target] if miss["where"] == "inner" else built.ends[target]
     assert read in {o for n in optimized.graph.node for o in n.output}, report.format(verbose=True)
     assert joins(optimized) >= 1
@@ -676,9 +681,7 @@ def test_shared_weight_is_kept(data):
     block = data.draw(mergeable_blocks())
     target = data.draw(st.sampled_from([i for i, br in enumerate(block["branches"]) if br["kind"] == "conv"]))
     miss = dict(kind="shared", branch=target, where=data.draw(st.sampled_from(["inside", "outside"])))
-    note(miss)
-    built = build(block, miss)
-    optimized, report = check(built, block["seed"] + 1)
+    built, optimized, report = _near_miss(block, miss)
     name = built.weights[target]
     original = {i.name: numpy_helper.to_array(i) for i in built.model.graph.initializer}[name]
     kept = {i.name: numpy_helper.to_array(i) for i in optimized.graph.initializer}
@@ -700,9 +703,7 @@ def test_non_constant_parameter_is_kept(data):
     br = block["branches"][target]
     whats = {"conv": ["weight", "bias", "overridable"], "bn": ["mean", "overridable"], "scale": ["constant"]}
     miss = dict(kind="dynamic", branch=target, what=data.draw(st.sampled_from(whats[br["kind"]])))
-    note(miss)
-    built = build(block, miss)
-    optimized, report = check(built, block["seed"] + 1)  # the parameters are fed fresh values
+    built, optimized, report = _near_miss(block, miss)  # the parameters are fed fresh values
     for name in built.dynamic:
         assert any(name in n.input for n in optimized.graph.node), report.format(verbose=True)
     if miss["what"] != "constant":  # Mul(X, input): not linear, no refusal
