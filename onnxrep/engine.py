@@ -87,7 +87,7 @@ def _release(weights: list[gs.Constant], ctx: Context) -> None:
     """Drop the values of weights nothing reads any more (a gigabyte on big models): graphsurgeon
     tensors are reference cycles, which Python frees only at its next cyclic collection."""
     for tensor in weights:
-        if not tensor.outputs and id(tensor) not in ctx.graph_outputs:
+        if isinstance(tensor._values, np.ndarray) and not tensor.outputs and id(tensor) not in ctx.graph_outputs:
             tensor.values = np.zeros((0,), tensor.dtype)
 
 
