@@ -34,15 +34,20 @@ STRUCTURE_MARGIN = 64 * 2**20
 
 def weight_bytes(model: onnx.ModelProto) -> int:
     """Bytes of the initializers, from their dims and types: far cheaper than ByteSize()."""
-    total = 0
-    for tensor in model.graph.initializer:
-        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize \
-            if tensor.data_type != onnx.TensorProto.STRING else 0
-        count = 1
-        for d in tensor.dims:
-            count *= d
-        total += count * itemsize
-    return total
+    return sum(_data_bytes(tensor) for tensor in model.graph.initializer)
+
+
+def _data_bytes(tensor: onnx.TensorProto) -> int:
+    """Bytes of a tensor's raw data, from its dims and type (0 for strings, which have no raw form)."""
+    if tensor.data_type == onnx.TensorProto.STRING:
+        return 0
+    count = 1
+    for d in tensor.dims:
+        count *= d
+    bits = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4}.get(tensor.data_type)
+    if bits:
+        return (count * bits + 7) // 8
+    return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
 
 
 def too_big_for_protobuf(model: onnx.ModelProto) -> bool:
@@ -207,12 +212,7 @@ def _check_weights(model: onnx.ModelProto) -> None:
             raise onnx.checker.ValidationError(f"initializer {tensor.name} has no data type")
         if not tensor.HasField("raw_data") or tensor.data_type == onnx.TensorProto.STRING:
             continue
-        count = 1
-        for d in tensor.dims:
-            count *= d
-        bits = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4}.get(tensor.data_type)
-        expected = (count * bits + 7) // 8 if bits else \
-            count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        expected = _data_bytes(tensor)
         if len(tensor.raw_data) != expected:
             raise onnx.checker.ValidationError(
                 f"initializer {tensor.name}: {len(tensor.raw_data)} bytes of data for shape "
