@@ -11,7 +11,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxrep import kernels
-from onnxrep.graph import Context, constant_value, is_op, sharing
+from onnxrep.graph import Context, constant_value, is_op, producer, sharing
 from onnxrep.spec import ConvSpec, Refusal
 
 FLOAT_TYPES = (np.float16, np.float32, np.float64)
@@ -87,10 +87,9 @@ def _closes_gelu(node: gs.Node) -> bool:
     if node.op != "Mul":
         return False
     for tensor in node.inputs:
-        inner = tensor.inputs[0] if len(tensor.inputs) == 1 else None
+        inner = producer(tensor)
         if is_op(inner, "Mul") and any(
-                is_op(add := (t.inputs[0] if len(t.inputs) == 1 else None), "Add")
-                and any(len(u.inputs) == 1 and is_op(u.inputs[0], "Erf", "Tanh") for u in add.inputs)
+                is_op(add := producer(t), "Add") and any(is_op(producer(u), "Erf", "Tanh") for u in add.inputs)
                 for t in inner.inputs):
             return True
     return False
