@@ -6,10 +6,12 @@ outside their match reads.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from onnxrep import kernels
@@ -156,3 +158,58 @@ def sharing(tensor: gs.Tensor, reader: gs.Node, ctx: Context) -> Refusal | None:
         if not is_op(node, "Identity"):
             return None
         tensor, reader = node.inputs[0], node
+
+
+def dims(tensor: gs.Tensor, inferred: dict[str, tuple] | None = None) -> list[int | None] | None:
+    """A tensor's shape with None for what is not a static dim; None when even its rank is unknown.
+
+    From the graph (exported value_info, a constant's value), else from ``inferred`` (see infer_shapes).
+    """
+    value = constant_value(tensor)
+    shape = value.shape if value is not None else tensor.shape
+    if shape is None and inferred is not None:
+        shape = inferred.get(tensor.name)
+    if shape is None:
+        return None
+    return [d if isinstance(d, int) and d >= 0 else None for d in shape]
+
+
+#: Weights larger than this enter shape inference as typed inputs: their values never matter to a shape.
+_SHAPE_INFERENCE_VALUE_LIMIT = 4096
+
+
+def infer_shapes(graph: gs.Graph) -> dict[str, tuple]:
+    """Every tensor's shape as ONNX shape inference sees it (None for an unknown dim); {} when it fails.
+
+    Runs on the graph's structure: big weights enter as typed inputs, so no
+    weight is copied.
+    """
+    from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
+
+    initializers, typed = [], []
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Constant):
+            if math.prod(tensor.shape) <= _SHAPE_INFERENCE_VALUE_LIMIT:
+                initializers.append(OnnxExporter.export_tensor_proto(tensor))
+            else:
+                typed.append(OnnxExporter.export_value_info_proto(tensor, do_type_check=False))
+    try:
+        onnx_graph = onnx.helper.make_graph(
+            [OnnxExporter.export_node(n) for n in graph.nodes], "shapes",
+            [OnnxExporter.export_value_info_proto(t, do_type_check=False) for t in graph.inputs] + typed,
+            [OnnxExporter.export_value_info_proto(t, do_type_check=False) for t in graph.outputs],
+            initializers)
+        opsets = [onnx.helper.make_opsetid(d.domain, d.version) for d in graph.import_domains or ()]
+        if not any(o.domain in ("", "ai.onnx") for o in opsets):
+            opsets.append(onnx.helper.make_opsetid("", graph.opset))
+        model = onnx.helper.make_model(onnx_graph, opset_imports=opsets)
+        model.functions.extend(OnnxExporter.export_function(f) for f in graph.functions)
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True).graph
+    except Exception:  # noqa: BLE001 (shape inference is a bonus: any failure means "unknown")
+        return {}
+    shapes = {}
+    for value in (*inferred.value_info, *inferred.output, *inferred.input):
+        if value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape"):
+            shapes[value.name] = tuple(d.dim_value if d.HasField("dim_value") else None
+                                       for d in value.type.tensor_type.shape.dim)
+    return shapes

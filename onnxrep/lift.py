@@ -285,3 +285,41 @@ def average_pool(node: gs.Node, channels: int | None) -> ConvSpec | Refusal:
                        "default): border windows divide by fewer taps")
     weight = kernels.average_kernel(channels, kernel_shape)
     return ConvSpec(weight, np.zeros(channels), strides, pads, dilations, channels, int(weight.size))
+
+
+def zero_pads(pad: gs.Node, ctx: Context, rank: int) -> tuple[int, ...] | Refusal:
+    """The pad's amounts on the spatial axes, if it is a provable zero pad of those only."""
+    mode = pad.attrs.get("mode", "constant")
+    if (mode.decode() if isinstance(mode, bytes) else mode) != "constant":
+        return Refusal(f"Pad mode is {mode}, not constant")
+    if "pads" in pad.attrs:  # opset < 11
+        amounts, value = np.asarray(pad.attrs["pads"]), np.asarray(pad.attrs.get("value", 0.0))
+    else:
+        amounts = ctx.constant(pad.inputs[1], "pads") if len(pad.inputs) > 1 else Refusal("no pads")
+        if isinstance(amounts, Refusal):
+            return amounts
+        value = np.asarray(0.0)
+        if len(pad.inputs) > 2 and not pad.inputs[2].is_empty():
+            value = ctx.constant(pad.inputs[2], "pad value")
+            if isinstance(value, Refusal):
+                return value
+        if len(pad.inputs) > 3 and not pad.inputs[3].is_empty():  # opset 18 axes
+            axes = ctx.constant(pad.inputs[3], "pad axes")
+            if isinstance(axes, Refusal):
+                return axes
+            full = np.zeros(2 * rank, np.int64)
+            half = len(axes)
+            for i, axis in enumerate(np.asarray(axes) % rank):
+                full[axis], full[axis + rank] = amounts[i], amounts[i + half]
+            amounts = full
+    amounts = np.asarray(amounts, np.int64).reshape(-1)
+    if np.any(np.asarray(value) != 0):
+        return Refusal("Pad value is not 0")
+    if amounts.size != 2 * rank:
+        return Refusal(f"Pad has {amounts.size} amounts for rank {rank}")
+    if np.any(amounts < 0):
+        return Refusal("Pad crops (negative pads)")
+    begins, ends = amounts[:rank], amounts[rank:]
+    if begins[:2].any() or ends[:2].any():
+        return Refusal("Pad pads the batch or channel axis")
+    return tuple(int(v) for v in (*begins[2:], *ends[2:]))

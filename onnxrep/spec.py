@@ -10,7 +10,7 @@ exact returns a :class:`Refusal` carrying the reason instead.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -204,19 +204,26 @@ def merge_concat(specs: list[ConvSpec]) -> ConvSpec | Refusal:
                     aligned.dilations, 1, size)
 
 
+def is_unit(s: ConvSpec) -> bool:
+    """A 1x1 kernel (any pads)."""
+    return all(k == 1 for k in s.kernel_shape)
+
+
 def is_pointwise(s: ConvSpec) -> bool:
-    return all(k == 1 for k in s.kernel_shape) and not any(s.pads)
+    """A 1x1 kernel without pads."""
+    return is_unit(s) and not any(s.pads)
 
 
-def merge_sequential(first: ConvSpec, second: ConvSpec, *, first_bias_padded: bool = False,
-                     check_cost: bool = True) -> ConvSpec | Refusal:
+def merge_sequential(first: ConvSpec, second: ConvSpec, *, check_cost: bool = True) -> ConvSpec | Refusal:
     """``second(first(X))`` as one conv, when exact and not costlier.
 
-    Exact when one of the two is a pointwise (1x1, unpadded) conv:
-      - first pointwise and stride 1: the result has second's geometry. If
-        second pads, it pads first's *output* with zeros where the merged conv
-        would see first's bias, so first's bias must be zero — or the
-        intermediate is known to be padded with that bias (DBB's BNAndPad).
+    Exact when first is 1x1 or second is pointwise (1x1, unpadded):
+      - first 1x1 and stride 1: the result has second's geometry, with both
+        pads added (a 1x1 conv with pads p outputs its bias on that border,
+        which is what the merged conv sees of the zero-padded X: DBB's
+        BN-and-pad, see fold_bias_pad). If second pads, it pads first's
+        *output* with zeros where the merged conv would see first's bias, so
+        first's bias must be zero.
       - second pointwise: the result has first's geometry, strides multiplied.
     Cost is compared per output pixel, counting the first conv's extra pixels
     when the second one strides. With ``check_cost=False`` (a chain inside a
@@ -225,15 +232,15 @@ def merge_sequential(first: ConvSpec, second: ConvSpec, *, first_bias_padded: bo
     """
     if first.out_channels != second.in_channels or first.spatial_dims != second.spatial_dims:
         return Refusal("the convs' channels do not chain")
-    if is_pointwise(first) and all(s == 1 for s in first.strides):
-        if any(second.pads) and np.any(first.bias) and not first_bias_padded:
+    if is_unit(first) and all(s == 1 for s in first.strides):
+        if any(second.pads) and np.any(first.bias):
             return Refusal("the second conv pads with zeros where the merged conv would see the "
                            "first conv's bias (not exact)")
         weight, group = kernels.compose(first.weight, first.group, second.weight, second.group)
         taps_summed = kernels.ungroup(second.weight, second.group).reshape(
             second.out_channels, first.out_channels, -1).sum(axis=2)
         bias = second.bias + taps_summed @ first.bias
-        geometry = second
+        geometry = replace(second, pads=tuple(a + b for a, b in zip(first.pads, second.pads)))
         strides = second.strides
     elif is_pointwise(second):
         weight, group = kernels.compose(first.weight, first.group, second.weight, second.group)
@@ -241,7 +248,7 @@ def merge_sequential(first: ConvSpec, second: ConvSpec, *, first_bias_padded: bo
             second.out_channels, -1) @ first.bias
         geometry = first
         strides = tuple(a * b for a, b in zip(first.strides, second.strides))
-    elif is_pointwise(first):
+    elif is_unit(first):
         return Refusal("a strided 1x1 conv before a kxk conv: the kxk taps would skip input rows")
     else:
         return Refusal("neither conv is 1x1 without pads (a kxk→kxk chain grows the kernel)")

@@ -1,9 +1,7 @@
 """Real PyTorch exports (tools/export_fixtures.py, both exporters): train becomes deploy.
 
 For every block and exporter, optimize(train) verifies, has the deploy twin's
-op histogram or fewer nodes, and equals the deploy twin's outputs. The DBB
-blocks are the known exception: the BN-and-pad layer is not recognised yet
-(see README, Known limits), so only its other branches merge.
+op histogram or fewer nodes, and equals the deploy twin's outputs.
 """
 
 from __future__ import annotations
@@ -21,7 +19,6 @@ import onnxrep
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "torch"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
 CASES = [(block, exporter) for block, entry in MANIFEST["blocks"].items() for exporter in entry["files"]]
-PARTIAL = {"dbb"}  # BN-and-pad branches stay (known limit)
 
 
 @pytest.mark.parametrize("block,exporter", CASES, ids=[f"{b}-{e}" for b, e in CASES])
@@ -32,9 +29,7 @@ def test_train_export_becomes_deploy(block, exporter):
     optimized, report = onnxrep.optimize(train)
     assert report.verification.passed and not report.dropped
     assert report.fired, report.format(verbose=True)
-    if block in PARTIAL:
-        assert len(optimized.graph.node) < len(train.graph.node)
-    elif histogram(optimized) != histogram(deploy):
+    if histogram(optimized) != histogram(deploy):
         assert len(optimized.graph.node) < len(deploy.graph.node), report.format(verbose=True)
     feeds = random_feeds(train, seed=5, dims=16)
     if block == "dbb" and exporter == "ts":

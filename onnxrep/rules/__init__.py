@@ -55,6 +55,8 @@ class Rule:
 
 # The rule modules import Rule and Finding from here, so they come after them.
 from onnxrep.rules import (  # noqa: E402
+    fold_bias_pad,
+    fold_constants,
     fold_conv_affine,
     fold_pad_conv,
     fold_sequential,
@@ -65,8 +67,10 @@ from onnxrep.rules import (  # noqa: E402
 #: Order matters within a sweep: folding Conv→BN (and other affines) first turns conv-BN branches into
 #: plain Conv branches that merge_parallel can lift.
 DEFAULT_RULES: tuple[Rule, ...] = (
+    fold_constants.RULE,
     fold_pad_conv.RULE,
     fold_conv_affine.RULE,
+    fold_bias_pad.RULE,
     fold_sequential.RULE,
     merge_parallel.RULE,
     merge_concat.RULE,

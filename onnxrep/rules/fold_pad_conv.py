@@ -15,9 +15,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-import numpy as np
-import onnx_graphsurgeon as gs
-
 from onnxrep import lift
 from onnxrep.graph import Context, is_op, producer
 from onnxrep.rules import Finding, PairMatch, Rule
@@ -32,44 +29,6 @@ class PadConv(PairMatch):
 
     lifted: lift.LiftedConv
     spatial_pads: tuple[int, ...]  # ONNX order: begins, then ends
-
-
-def _zero_pads(pad: gs.Node, ctx: Context, rank: int) -> tuple[int, ...] | Refusal:
-    """The pad's amounts on the spatial axes, if it is a provable zero pad of those only."""
-    mode = pad.attrs.get("mode", "constant")
-    if (mode.decode() if isinstance(mode, bytes) else mode) != "constant":
-        return Refusal(f"Pad mode is {mode}, not constant")
-    if "pads" in pad.attrs:  # opset < 11
-        amounts, value = np.asarray(pad.attrs["pads"]), np.asarray(pad.attrs.get("value", 0.0))
-    else:
-        amounts = ctx.constant(pad.inputs[1], "pads") if len(pad.inputs) > 1 else Refusal("no pads")
-        if isinstance(amounts, Refusal):
-            return amounts
-        value = np.asarray(0.0)
-        if len(pad.inputs) > 2 and not pad.inputs[2].is_empty():
-            value = ctx.constant(pad.inputs[2], "pad value")
-            if isinstance(value, Refusal):
-                return value
-        if len(pad.inputs) > 3 and not pad.inputs[3].is_empty():  # opset 18 axes
-            axes = ctx.constant(pad.inputs[3], "pad axes")
-            if isinstance(axes, Refusal):
-                return axes
-            full = np.zeros(2 * rank, np.int64)
-            half = len(axes)
-            for i, axis in enumerate(np.asarray(axes) % rank):
-                full[axis], full[axis + rank] = amounts[i], amounts[i + half]
-            amounts = full
-    amounts = np.asarray(amounts, np.int64).reshape(-1)
-    if np.any(np.asarray(value) != 0):
-        return Refusal("Pad value is not 0")
-    if amounts.size != 2 * rank:
-        return Refusal(f"Pad has {amounts.size} amounts for rank {rank}")
-    if np.any(amounts < 0):
-        return Refusal("Pad crops (negative pads)")
-    begins, ends = amounts[:rank], amounts[rank:]
-    if begins[:2].any() or ends[:2].any():
-        return Refusal("Pad pads the batch or channel axis")
-    return tuple(int(v) for v in (*begins[2:], *ends[2:]))
 
 
 def find(ctx: Context) -> Iterator[PadConv | Finding]:
@@ -87,7 +46,7 @@ def find(ctx: Context) -> Iterator[PadConv | Finding]:
         if isinstance(lifted, Refusal):
             yield Finding(NAME, where, lifted.reason)
             continue
-        amounts = _zero_pads(pad, ctx, lifted.spec.weight.ndim)
+        amounts = lift.zero_pads(pad, ctx, lifted.spec.weight.ndim)
         if isinstance(amounts, Refusal):
             yield Finding(NAME, where, amounts.reason)
         else:

@@ -100,7 +100,7 @@ def find(ctx: Context) -> Iterator[Chain | Finding]:
             yield Finding(NAME, where, pair.reason)
             continue
         source, first_spec, second_spec, dtype = pair
-        if not (spec.is_pointwise(first_spec) or spec.is_pointwise(second_spec)):
+        if not (spec.is_unit(first_spec) or spec.is_pointwise(second_spec)):
             continue  # kxk → kxk: no re-parameterization candidate, nothing to report
         merged = spec.merge_sequential(first_spec, second_spec)
         if isinstance(merged, Refusal):

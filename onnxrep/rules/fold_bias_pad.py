@@ -1,0 +1,248 @@
+"""fold_bias_pad: a 1x1 conv's output padded with the conv's own bias becomes that conv, padded.
+
+Diverse Branch Block's BN-and-pad layer pads a conv-BN's output with the BN's
+bias per channel, so that the kxk conv after it sees what one conv over the
+zero-padded input would. PyTorch exports it as a zero Pad and one border
+write per side (ScatterND; the dynamo exporter wraps each in Transposes):
+
+Before:  X → Conv(1x1, W, b) → Pad(zeros, p) → ScatterND(border = v) ×4 → T
+After:   X → Conv(1x1, W, b, pads p) → T
+
+A 1x1 conv over a zero-padded input outputs exactly b on the border, so this
+is exact when v = b. fold_sequential and merge_parallel then merge the padded
+1x1 conv with the kxk conv or AveragePool that reads T (DBB's 1x1→kxk and
+1x1→avg branches).
+
+Conditions:
+  1. The Conv is 1x1, stride 1, no pads, with constant weights read by it only;
+     its output is read by the Pad only.
+  2. The Pad is a zero pad of the spatial axes, with constant amounts p.
+  3. Then come only ScatterND (reduction none, constant indices), Transpose
+     and Identity, each intermediate read by the next only; the Transposes
+     cancel out by T.
+  4. The channel count and spatial dims are static. The writes cover exactly
+     the border of width p, and every written element is v[c] for its channel
+     c: a constant, or an Expand of a per-channel constant (any batch size).
+  5. v equals b to within float rounding (the exporter computed one, the
+     BatchNormalization fold the other): |v − b| ≤ 32·ε·(1 + max|b|).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxrep import lift
+from onnxrep.graph import Context, constant_value, dims, infer_shapes, is_op, producer
+from onnxrep.rules import Finding, Rule
+from onnxrep.spec import Refusal
+
+NAME = "fold_bias_pad"
+
+
+@dataclass(frozen=True, eq=False)
+class BiasPad:
+    conv: gs.Node
+    pad: gs.Node
+    chain: tuple[gs.Node, ...]  # the writes and the Transposes / Identities between them
+    end: gs.Tensor
+    lifted: lift.LiftedConv
+    pads: tuple[int, ...]
+
+    @property
+    def output(self) -> str:
+        return self.end.name
+
+    @property
+    def nodes(self) -> tuple[gs.Node, ...]:
+        return (self.conv, self.pad, *self.chain)
+
+
+@dataclass(frozen=True)
+class _Write:
+    node: gs.Node
+    perm: tuple[int, ...]  # axis i of the written tensor is axis perm[i] of the padded one
+
+
+def _follow(tensor: gs.Tensor, rank: int, ctx: Context) -> tuple[list[gs.Node], gs.Tensor, list[_Write]] | None:
+    """The longest run of writes after the Pad that ends in the Pad's own layout; None without writes."""
+    nodes, writes, perm, best = [], [], tuple(range(rank)), None
+    while len(tensor.outputs) == 1 and id(tensor) not in ctx.graph_outputs:
+        node = tensor.outputs[0]
+        if is_op(node, "Transpose"):
+            order = node.attrs.get("perm", list(range(rank))[::-1])
+            if sorted(order) != list(range(rank)):
+                break
+            perm = tuple(perm[i] for i in order)
+        elif is_op(node, "ScatterND") and node.inputs[0] is tensor and node.attrs.get("reduction", "none") in (
+                "none", b"none"):
+            writes.append(_Write(node, perm))
+        elif not is_op(node, "Identity"):
+            break
+        nodes.append(node)
+        tensor = node.outputs[0]
+        if writes and perm == tuple(range(rank)):
+            best = (list(nodes), tensor, list(writes))
+    return best
+
+
+def _channel_fill(tensor: gs.Tensor, ctx: Context) -> np.ndarray | tuple[np.ndarray, int] | None:
+    """What ScatterND writes: a constant array, or (v, axis) for a tensor whose value is v[i] at
+    index i of that axis whatever its shape (an Expand of a per-channel constant)."""
+    value = ctx.constant(tensor, "updates")
+    if not isinstance(value, Refusal):
+        return value
+    node = producer(tensor)
+    if is_op(node, "Identity"):
+        return _channel_fill(node.inputs[0], ctx)
+    if is_op(node, "Transpose") and "perm" in node.attrs:
+        inner = _channel_fill(node.inputs[0], ctx)
+        if isinstance(inner, tuple):
+            return inner[0], list(node.attrs["perm"]).index(inner[1])
+        return None if inner is None else np.transpose(inner, node.attrs["perm"])
+    if is_op(node, "Expand"):
+        source = ctx.constant(node.inputs[0], "expanded")
+        length = dims(node.inputs[1])
+        if isinstance(source, Refusal) or length is None or length[0] is None or length[0] < source.ndim:
+            return None
+        varying = [a for a, d in enumerate(source.shape) if d != 1]
+        if len(varying) > 1:
+            return None
+        axis = length[0] - source.ndim + (varying[0] if varying else 0)
+        return source.reshape(-1), axis
+    return None
+
+
+def _border_value(writes: list[_Write], shape: list[int | None], pads: tuple[int, ...],
+                  ctx: Context) -> np.ndarray | Refusal:
+    """v (C,) when the writes set exactly the border of width ``pads`` to v[c], channel by channel."""
+    if any(d is None for d in shape[1:]):
+        return Refusal("the padded tensor's channels or spatial size are not static")
+    batch_static = shape[0] is not None
+    mask = np.zeros([shape[0] if batch_static else 1, *shape[1:]], bool)
+    channels = shape[1]
+    values = np.full(channels, np.nan)
+    for write in writes:
+        indices = ctx.constant(write.node.inputs[1], "ScatterND indices")
+        if isinstance(indices, Refusal):
+            return indices
+        depth = indices.shape[-1] if indices.ndim else 0
+        written = mask.transpose(write.perm)  # a view: writing it marks the mask
+        if not 1 <= depth <= written.ndim or (not batch_static and write.perm.index(0) < depth):
+            return Refusal(f"{write.node.name} picks rows of a dynamic batch")
+        bounds = np.array(written.shape[:depth])
+        picked = indices.reshape(-1, depth).astype(np.int64)
+        picked = np.where(picked < 0, picked + bounds, picked)
+        if np.any(picked < 0) or np.any(picked >= bounds):
+            return Refusal(f"{write.node.name} writes out of bounds")
+        written[tuple(picked.T)] = True
+        found = _write_values(write, picked.reshape(indices.shape), written.shape, channels, ctx)
+        if isinstance(found, Refusal):
+            return found
+        known = ~np.isnan(values) & ~np.isnan(found)
+        if np.any(values[known] != found[known]):
+            return Refusal("the border writes set different values")
+        values = np.where(np.isnan(values), found, values)
+    nd = len(shape) - 2
+    border = np.ones(shape[2:], bool)
+    border[tuple(slice(pads[a], shape[2 + a] - pads[nd + a]) for a in range(nd))] = False
+    if not np.array_equal(mask, np.broadcast_to(border, mask.shape)):
+        return Refusal("the writes do not cover exactly the padded border")
+    return values
+
+
+def _write_values(write: _Write, indices: np.ndarray, shape: tuple, channels: int,
+                  ctx: Context) -> np.ndarray | Refusal:
+    """Per channel, the value one ScatterND writes (NaN for channels it does not write).
+
+    ``indices``: the write's index tuples, in bounds; ``shape``: the written tensor's.
+    """
+    depth = indices.shape[-1]
+    fill = _channel_fill(write.node.inputs[2], ctx)
+    if fill is None:
+        return Refusal(f"{write.node.name} does not write a per-channel constant")
+    channel_axis = write.perm.index(1)
+    # The updates' axis holding the channel, when the index tuples do not pick channels themselves.
+    updates_axis = indices.ndim - 1 + channel_axis - depth if channel_axis >= depth else None
+    values = np.full(channels, np.nan)
+    if isinstance(fill, tuple):
+        v, axis = fill
+        if axis != updates_axis or v.size not in (1, channels):
+            return Refusal(f"{write.node.name} writes a constant that is not per channel")
+        return np.broadcast_to(np.asarray(v, np.float64), (channels,)).copy()
+    updates = np.asarray(fill, np.float64)
+    if updates.shape != indices.shape[:-1] + shape[depth:]:
+        return Refusal(f"{write.node.name} writes updates of shape {updates.shape}")
+    if updates_axis is None:
+        picked = indices[..., channel_axis].reshape(indices.shape[:-1] + (1,) * (len(shape) - depth))
+        channel_of = np.broadcast_to(picked, updates.shape)
+    else:
+        channel_of = np.indices(updates.shape)[updates_axis]
+    for c in np.unique(channel_of):
+        written = updates[channel_of == c]
+        if np.any(written != written[0]):
+            return Refusal(f"{write.node.name} writes different values within channel {c}")
+        values[c] = written[0]
+    return values
+
+
+def find(ctx: Context) -> Iterator[BiasPad | Finding]:
+    inferred: list[dict] = []
+    for pad in ctx.nodes():
+        conv = producer(pad.inputs[0]) if is_op(pad, "Pad") and pad.inputs else None
+        if not is_op(conv, "Conv") or len(conv.inputs) < 2 or constant_value(conv.inputs[1]) is None:
+            continue
+        rank = constant_value(conv.inputs[1]).ndim
+        chain = _follow(pad.outputs[0], rank, ctx)
+        if chain is None:
+            continue  # a plain pad: fold_pad_conv's business
+        nodes, end, writes = chain
+        where = f"{conv.name} → {pad.name} → {len(writes)} border writes"
+        if not ctx.private(pad.inputs[0], pad):
+            yield Finding(NAME, where, f"the conv output is also read by {ctx.readers(pad.inputs[0], pad)}")
+            continue
+        lifted = lift.conv(conv, ctx)
+        if isinstance(lifted, Refusal):
+            yield Finding(NAME, where, lifted.reason)
+            continue
+        spec = lifted.spec
+        if any(k != 1 for k in spec.kernel_shape) or any(spec.pads) or any(s != 1 for s in spec.strides):
+            yield Finding(NAME, where, "the padded tensor is not the output of a 1x1 conv with stride 1 "
+                                       "and no pads, whose border would be its bias")
+            continue
+        pads = lift.zero_pads(pad, ctx, rank)
+        if isinstance(pads, Refusal):
+            yield Finding(NAME, where, pads.reason)
+            continue
+        shape = dims(pad.outputs[0])
+        if shape is None or None in shape[1:]:
+            if not inferred:
+                inferred.append(infer_shapes(ctx.graph))
+            shape = dims(pad.outputs[0], inferred[0])
+        if shape is None or len(shape) != rank:
+            yield Finding(NAME, where, "the padded tensor's shape is unknown")
+            continue
+        value = _border_value(writes, shape, pads, ctx)
+        if isinstance(value, Refusal):
+            yield Finding(NAME, where, value.reason)
+            continue
+        tolerance = 32 * np.finfo(lifted.dtype).eps * (1 + np.abs(spec.bias).max(initial=0))
+        gap = np.abs(value - spec.bias).max()
+        if not gap <= tolerance:
+            yield Finding(NAME, where, f"the border value is not the conv's bias (they differ by up to {gap:.3g})")
+            continue
+        yield BiasPad(conv, pad, tuple(nodes), end, lifted, pads)
+
+
+def rewrite(ctx: Context, match: BiasPad) -> None:
+    source = match.conv.inputs[0]
+    ctx.detach(match.nodes)
+    ctx.emit_conv(match.conv.name, source, replace(match.lifted.spec, pads=match.pads), match.end,
+                  match.lifted.dtype, with_bias=match.lifted.has_bias)
+
+
+RULE = Rule(NAME, "1x1 Conv → zero Pad → border writes of the conv's bias (DBB's BN-and-pad) "
+                  "→ the Conv with padding", find, rewrite)

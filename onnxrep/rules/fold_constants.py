@@ -1,0 +1,151 @@
+"""fold_constants: index arithmetic on constants and static shapes becomes constants.
+
+Exporters compute indices, shapes and pads at run time: DBB's BN-and-pad layer
+exports with ~40 (dynamo) to ~400 (TorchScript) such nodes per layer. Folding
+them lets the other rules see the constants they are, and saves the runtime
+that work (onnxruntime does not fold Shape).
+
+Before:  X → Shape → Gather(2) → Range(0, ·, 1) → Slice → Unsqueeze → ScatterND(·, indices, ·)
+After:   ScatterND(·, constant indices, ·)        (X's dim 2 being static)
+
+Folded, for a node of the default domain whose outputs are not graph outputs:
+  1. Shape / Size of a tensor whose shape (or the part of it that Shape's
+     start/end select) is static; Gather / Slice of a Shape output that select
+     static dims only (dynamo: the spatial dims of a tensor with a dynamic batch).
+  2. A node whose inputs are all constants, when its op moves, selects or
+     compares data (Reshape, Gather, Expand, Concat, Where, Equal, Cast, ...)
+     or computes on integers and booleans only. Such results are exact in any
+     runtime; float arithmetic is not folded (its rounding belongs to the runtime).
+  3. Its result is at most 64K elements, or no bigger than the constants it
+     reads when nothing else reads them: folding never grows the model much.
+The values come from ONNX's reference implementation (onnx.reference).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+from onnx.reference import ReferenceEvaluator
+from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
+
+from onnxrep.graph import Context, dims, infer_shapes, is_op, producer
+from onnxrep.rules import Rule
+from onnxrep.spec import Refusal
+
+NAME = "fold_constants"
+#: Ops whose results are copies, selections or comparisons of their inputs: exact for any dtype.
+DATA_OPS = frozenset((
+    "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Concat", "Split", "Slice", "Gather",
+    "GatherElements", "GatherND", "Expand", "Tile", "ConstantOfShape", "Where", "Cast", "ScatterND",
+    "ScatterElements", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Not", "And", "Or", "Xor",
+    "NonZero", "Shape", "Size"))
+#: Arithmetic folded only when every input is an integer or boolean.
+INTEGER_OPS = frozenset((
+    "Add", "Sub", "Mul", "Neg", "Abs", "Min", "Max", "Sum", "Range", "Sign", "ReduceProd", "ReduceSum",
+    "ReduceMin", "ReduceMax"))
+#: Results up to this many elements are always folded (indices, shapes, small per-channel tables).
+SMALL = 1 << 16
+
+
+@dataclass(frozen=True, eq=False)
+class Fold:
+    node: gs.Node
+    values: tuple[np.ndarray, ...]
+
+    @property
+    def output(self) -> str:
+        return self.node.outputs[0].name
+
+    @property
+    def nodes(self) -> tuple[gs.Node, ...]:
+        return (self.node,)
+
+
+def _shape_vector(tensor: gs.Tensor, ctx: Context, shapes) -> list[int | None] | None:
+    """The dims a Shape node's output holds (None where not static), when ``tensor`` is one."""
+    node = producer(tensor)
+    if not is_op(node, "Shape") or id(node.inputs[0]) in ctx.graph_inputs and isinstance(node.inputs[0], gs.Constant):
+        return None  # an initializer a caller may override: its shape too
+    known = dims(node.inputs[0], shapes())
+    if known is None:
+        return None
+    start, end = node.attrs.get("start", 0), node.attrs.get("end")
+    return known[slice(start, end)]  # ONNX's start/end clamp like Python's slices
+
+
+def _evaluate(node: gs.Node, ctx: Context, values: list) -> list[np.ndarray]:
+    proto = OnnxExporter.export_node(node)
+    feeds = {name: value for name, value in zip(proto.input, values) if name}
+    outputs = ReferenceEvaluator(proto, opsets={"": ctx.graph.opset}).run(None, feeds)
+    return [np.asarray(v) for v in outputs]
+
+
+def _fold(node: gs.Node, ctx: Context, shapes) -> tuple[np.ndarray, ...] | None:
+    if node.op == "Shape" or node.op == "Size":
+        known = (_shape_vector(node.outputs[0], ctx, shapes) if node.op == "Shape"
+                 else dims(node.inputs[0], shapes()))
+        if known is None or None in known:
+            return None
+        return (np.array(known, np.int64) if node.op == "Shape" else np.array(int(np.prod(known)), np.int64),)
+    values = []
+    for tensor in node.inputs:
+        value = None if tensor.is_empty() else ctx.constant(tensor, "input")
+        values.append(value)
+    if is_op(node, "Gather", "Slice") and isinstance(values[0], Refusal) and not any(
+            isinstance(v, Refusal) for v in values[1:]):
+        # Dims picked out of a partly static shape: evaluate the selection on the dims' positions.
+        known = _shape_vector(node.inputs[0], ctx, shapes)
+        if known is None:
+            return None
+        positions = _evaluate(node, ctx, [np.arange(len(known), dtype=np.int64), *values[1:]])[0]
+        picked = [known[int(p)] for p in positions.reshape(-1)]
+        if None in picked:
+            return None
+        return (np.array(picked, np.int64).reshape(positions.shape),)
+    if any(isinstance(v, Refusal) for v in values):
+        return None
+    present = [v for v in values if v is not None]
+    if node.op in INTEGER_OPS and any(v.dtype.kind not in "biu" for v in present):
+        return None
+    results = _evaluate(node, ctx, values)
+    size = sum(r.size for r in results)
+    private = all(len(t.outputs) == 1 for t in node.inputs if not t.is_empty())
+    if size > SMALL and not (private and size <= sum(v.size for v in present)):
+        return None
+    return tuple(results)
+
+
+def find(ctx: Context) -> Iterator[Fold]:
+    inferred: list[dict] = []
+
+    def shapes() -> dict:
+        """ONNX shape inference, run once per sweep and only when a Shape needs it."""
+        if not inferred:
+            inferred.append(infer_shapes(ctx.graph))
+        return inferred[0]
+
+    for node in ctx.nodes():
+        if (node.op not in DATA_OPS and node.op not in INTEGER_OPS or not is_op(node, node.op)
+                or any(id(t) in ctx.graph_outputs for t in node.outputs)
+                or any(isinstance(a, gs.Graph) for a in node.attrs.values())):
+            continue
+        try:
+            values = _fold(node, ctx, shapes)
+        except Exception:  # noqa: BLE001 (a node the reference cannot run stays for the runtime)
+            continue
+        if values is not None and len(values) == len(node.outputs):
+            yield Fold(node, values)
+
+
+def rewrite(ctx: Context, match: Fold) -> None:
+    outputs = list(match.node.outputs)
+    ctx.detach(match.nodes)
+    for tensor, value in zip(outputs, match.values):
+        tensor.to_constant(value)
+
+
+RULE = Rule(NAME, "Shape of static tensors, integer and data-movement ops on constants → constants",
+            find, rewrite)
