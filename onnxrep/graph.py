@@ -36,6 +36,7 @@ class Context:
     graph_outputs: set[int] = field(default_factory=set)
     graph_inputs: set[int] = field(default_factory=set)
     names: set[str] = field(default_factory=set)
+    inferred: dict[str, tuple] | None = None  # ONNX shape inference, run at most once per sweep and rule
 
     @classmethod
     def of(cls, graph: gs.Graph, overridable: frozenset[str] = frozenset()) -> Context:
@@ -59,6 +60,16 @@ class Context:
         if value is None:
             return Refusal(f"{what} '{tensor.name}' is not a constant")
         return value
+
+    def dims(self, tensor: gs.Tensor) -> list[int | None] | None:
+        """A tensor's shape (None for a dim that is not static) as exported, else as ONNX shape
+        inference sees it: inference runs only when an export left a shape out, once per sweep."""
+        known = dims(tensor)
+        if known is None:
+            if self.inferred is None:
+                self.inferred = infer_shapes(self.graph)
+            known = dims(tensor, self.inferred)
+        return known
 
     def private(self, tensor: gs.Tensor, reader: gs.Node) -> bool:
         """True when ``reader`` is the only thing that reads ``tensor``."""

@@ -34,6 +34,8 @@ def chain(first: dict, second: dict, cin=8, size=10):
     ({"kernel": 1, "pads": Z}, {"kernel": 3, "pads": Z, "stride": 2}),
     ({"kernel": 3}, {"kernel": 1, "pads": Z, "cout": 4}),                         # kxk → 1x1
     ({"kernel": 3, "stride": 2}, {"kernel": 1, "pads": Z, "stride": 2, "cout": 4}),
+    ({"kernel": 1, "pads": [1, 0, 2, 1]}, {"kernel": 3, "pads": Z}),               # a padded 1x1 (DBB's bias pad)
+    ({"kernel": 1, "pads": [1, 1, 1, 1], "bias": False}, {"kernel": 3, "pads": [0, 1, 1, 0]}),  # pads add up
 ])
 def test_merges(first, second):
     cin = first.pop("cin", 8)
@@ -51,6 +53,7 @@ def test_merges(first, second):
     ({"kernel": 1, "pads": Z}, {"op": "AveragePool", "kernel_shape": [3, 3], "ceil_mode": 1, "strides": [2, 2]},
      "ceil_mode"),
     ({"kernel": 1, "pads": Z, "stride": 2}, {"kernel": 3, "pads": Z}, "strided 1x1"),
+    ({"kernel": 1, "pads": [1, 1, 1, 1]}, {"kernel": 3}, "not exact"),  # both pad: zeros outside the bias border
 ])
 def test_refuses(first, second, reason):
     second_op = second.get("op", "Conv")

@@ -36,7 +36,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxrep import lift
-from onnxrep.graph import Context, constant_value, dims, infer_shapes, is_op, producer
+from onnxrep.graph import Context, constant_value, is_op, producer
 from onnxrep.rules import Finding, Rule
 from onnxrep.spec import Refusal
 
@@ -105,7 +105,7 @@ def _channel_fill(tensor: gs.Tensor, ctx: Context) -> np.ndarray | tuple[np.ndar
         return None if inner is None else np.transpose(inner, node.attrs["perm"])
     if is_op(node, "Expand"):
         source = ctx.constant(node.inputs[0], "expanded")
-        length = dims(node.inputs[1])
+        length = ctx.dims(node.inputs[1])
         if isinstance(source, Refusal) or length is None or length[0] is None or length[0] < source.ndim:
             return None
         varying = [a for a, d in enumerate(source.shape) if d != 1]
@@ -190,7 +190,6 @@ def _write_values(write: _Write, indices: np.ndarray, shape: tuple, channels: in
 
 
 def find(ctx: Context) -> Iterator[BiasPad | Finding]:
-    inferred: list[dict] = []
     for pad in ctx.nodes():
         conv = producer(pad.inputs[0]) if is_op(pad, "Pad") and pad.inputs else None
         if not is_op(conv, "Conv") or len(conv.inputs) < 2 or constant_value(conv.inputs[1]) is None:
@@ -217,11 +216,7 @@ def find(ctx: Context) -> Iterator[BiasPad | Finding]:
         if isinstance(pads, Refusal):
             yield Finding(NAME, where, pads.reason)
             continue
-        shape = dims(pad.outputs[0])
-        if shape is None or None in shape[1:]:
-            if not inferred:
-                inferred.append(infer_shapes(ctx.graph))
-            shape = dims(pad.outputs[0], inferred[0])
+        shape = ctx.dims(pad.outputs[0])
         if shape is None or len(shape) != rank:
             yield Finding(NAME, where, "the padded tensor's shape is unknown")
             continue

@@ -13,9 +13,11 @@ Folded, for a node of the default domain whose outputs are not graph outputs:
      start/end select) is static; Gather / Slice of a Shape output that select
      static dims only (dynamo: the spatial dims of a tensor with a dynamic batch).
   2. A node whose inputs are all constants, when its op moves, selects or
-     compares data (Reshape, Gather, Expand, Concat, Where, Equal, Cast, ...)
-     or computes on integers and booleans only. Such results are exact in any
-     runtime; float arithmetic is not folded (its rounding belongs to the runtime).
+     compares data (Reshape, Gather, Expand, Concat, Where, Equal, Cast, ...),
+     is an IEEE 754 basic operation (+ − × ÷ √, which every runtime rounds
+     the same way: dynamo exports compute BN-and-pad values and zero biases
+     so), or computes on integers. Such results are the bits any runtime
+     would compute; transcendental functions (Exp, Erf, ...) are not folded.
   3. Its result is at most 64K elements, or no bigger than the constants it
      reads when nothing else reads them: folding never grows the model much.
 The values come from ONNX's reference implementation (onnx.reference).
@@ -31,7 +33,7 @@ import onnx_graphsurgeon as gs
 from onnx.reference import ReferenceEvaluator
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
-from onnxrep.graph import Context, dims, infer_shapes, is_op, producer
+from onnxrep.graph import Context, is_op, producer
 from onnxrep.rules import Rule
 from onnxrep.spec import Refusal
 
@@ -42,10 +44,12 @@ DATA_OPS = frozenset((
     "GatherElements", "GatherND", "Expand", "Tile", "ConstantOfShape", "Where", "Cast", "ScatterND",
     "ScatterElements", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Not", "And", "Or", "Xor",
     "NonZero", "Shape", "Size"))
-#: Arithmetic folded only when every input is an integer or boolean.
-INTEGER_OPS = frozenset((
-    "Add", "Sub", "Mul", "Neg", "Abs", "Min", "Max", "Sum", "Range", "Sign", "ReduceProd", "ReduceSum",
-    "ReduceMin", "ReduceMax"))
+#: IEEE 754 correctly rounded operations (floats: one rounding of the exact result, the same bits in any
+#: runtime), also exact on integers — except integer Div, whose division by zero is undefined.
+IEEE_OPS = frozenset(("Add", "Sub", "Mul", "Div", "Neg", "Abs", "Min", "Max", "Sqrt", "Reciprocal"))
+#: Folded only when every input is an integer or boolean (on floats their order of operations varies).
+INTEGER_OPS = frozenset(("Sum", "Range", "Sign", "ReduceProd", "ReduceSum", "ReduceMin", "ReduceMax"))
+FOLDABLE = DATA_OPS | IEEE_OPS | INTEGER_OPS | {"CastLike"}
 #: Results up to this many elements are always folded (indices, shapes, small per-channel tables).
 SMALL = 1 << 16
 
@@ -64,12 +68,12 @@ class Fold:
         return (self.node,)
 
 
-def _shape_vector(tensor: gs.Tensor, ctx: Context, shapes) -> list[int | None] | None:
+def _shape_vector(tensor: gs.Tensor, ctx: Context) -> list[int | None] | None:
     """The dims a Shape node's output holds (None where not static), when ``tensor`` is one."""
     node = producer(tensor)
     if not is_op(node, "Shape") or id(node.inputs[0]) in ctx.graph_inputs and isinstance(node.inputs[0], gs.Constant):
         return None  # an initializer a caller may override: its shape too
-    known = dims(node.inputs[0], shapes())
+    known = ctx.dims(node.inputs[0])
     if known is None:
         return None
     start, end = node.attrs.get("start", 0), node.attrs.get("end")
@@ -83,10 +87,10 @@ def _evaluate(node: gs.Node, ctx: Context, values: list) -> list[np.ndarray]:
     return [np.asarray(v) for v in outputs]
 
 
-def _fold(node: gs.Node, ctx: Context, shapes) -> tuple[np.ndarray, ...] | None:
+def _fold(node: gs.Node, ctx: Context) -> tuple[np.ndarray, ...] | None:
     if node.op == "Shape" or node.op == "Size":
-        known = (_shape_vector(node.outputs[0], ctx, shapes) if node.op == "Shape"
-                 else dims(node.inputs[0], shapes()))
+        known = (_shape_vector(node.outputs[0], ctx) if node.op == "Shape"
+                 else ctx.dims(node.inputs[0]))
         if known is None or None in known:
             return None
         return (np.array(known, np.int64) if node.op == "Shape" else np.array(int(np.prod(known)), np.int64),)
@@ -97,7 +101,7 @@ def _fold(node: gs.Node, ctx: Context, shapes) -> tuple[np.ndarray, ...] | None:
     if is_op(node, "Gather", "Slice") and isinstance(values[0], Refusal) and not any(
             isinstance(v, Refusal) for v in values[1:]):
         # Dims picked out of a partly static shape: evaluate the selection on the dims' positions.
-        known = _shape_vector(node.inputs[0], ctx, shapes)
+        known = _shape_vector(node.inputs[0], ctx)
         if known is None:
             return None
         positions = _evaluate(node, ctx, [np.arange(len(known), dtype=np.int64), *values[1:]])[0]
@@ -105,10 +109,13 @@ def _fold(node: gs.Node, ctx: Context, shapes) -> tuple[np.ndarray, ...] | None:
         if None in picked:
             return None
         return (np.array(picked, np.int64).reshape(positions.shape),)
+    if node.op == "CastLike" and isinstance(values[1], Refusal) and node.inputs[1].dtype is not None:
+        values[1] = np.zeros(0, node.inputs[1].dtype)  # only its dtype matters
     if any(isinstance(v, Refusal) for v in values):
         return None
     present = [v for v in values if v is not None]
-    if node.op in INTEGER_OPS and any(v.dtype.kind not in "biu" for v in present):
+    integers = all(v.dtype.kind in "biu" for v in present)
+    if node.op in INTEGER_OPS and not integers or node.op == "Div" and integers:
         return None
     results = _evaluate(node, ctx, values)
     size = sum(r.size for r in results)
@@ -119,21 +126,13 @@ def _fold(node: gs.Node, ctx: Context, shapes) -> tuple[np.ndarray, ...] | None:
 
 
 def find(ctx: Context) -> Iterator[Fold]:
-    inferred: list[dict] = []
-
-    def shapes() -> dict:
-        """ONNX shape inference, run once per sweep and only when a Shape needs it."""
-        if not inferred:
-            inferred.append(infer_shapes(ctx.graph))
-        return inferred[0]
-
     for node in ctx.nodes():
-        if (node.op not in DATA_OPS and node.op not in INTEGER_OPS or not is_op(node, node.op)
+        if (node.op not in FOLDABLE or not is_op(node, node.op)
                 or any(id(t) in ctx.graph_outputs for t in node.outputs)
                 or any(isinstance(a, gs.Graph) for a in node.attrs.values())):
             continue
         try:
-            values = _fold(node, ctx, shapes)
+            values = _fold(node, ctx)
         except Exception:  # noqa: BLE001 (a node the reference cannot run stays for the runtime)
             continue
         if values is not None and len(values) == len(node.outputs):
