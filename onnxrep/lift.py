@@ -73,12 +73,16 @@ def affine(node: gs.Node, ctx: Context, rank: int | None) -> Affine | Refusal | 
     if isinstance(per_channel, Refusal):
         return Refusal(f"{node.name}: {per_channel.reason}")
     one, zero = np.array(1.0), np.array(0.0)
-    scale, shift = {
-        "Mul": (per_channel, zero),
-        "Div": (1.0 / per_channel, zero),
-        "Add": (one, per_channel),
-        "Sub": ((-one, per_channel) if const_first else (one, -per_channel)),
-    }[node.op]
+    if node.op == "Div":
+        if not np.all(per_channel):
+            return Refusal(f"{node.name} divides by zero")
+        scale, shift = 1.0 / per_channel, zero
+    else:
+        scale, shift = {
+            "Mul": (per_channel, zero),
+            "Add": (one, per_channel),
+            "Sub": ((-one, per_channel) if const_first else (one, -per_channel)),
+        }[node.op]
     return Affine(source, scale, shift, source.dtype if source.dtype is not None else value.dtype)
 
 

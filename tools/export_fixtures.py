@@ -6,12 +6,14 @@ For every block family in tools/torch_blocks.py this builds a small net (fixed
 seed, random BatchNorm statistics), its deploy twin (the authors'
 switch_to_deploy, computed in torch), and writes
 
-    tests/fixtures/torch/<block>.<ts|dynamo>.<train|deploy>.onnx
+    tests/fixtures/torch/<block>.<ts|dynamo|dynamo_raw>.<train|deploy>.onnx
     tests/fixtures/torch/manifest.json
 
 "ts" is the TorchScript exporter (dynamo=False), "dynamo" the torch.export one,
 each with its own typical settings (opsets below, default optimizations) so the
-files look like what users bring. The batch dim is dynamic. Before writing the
+files look like what users bring; "dynamo_raw" is dynamo with optimize=False
+(no constant folding: BN-and-pad values, zero biases and index arithmetic are
+computed in the graph). The batch dim is dynamic. Before writing the
 manifest it checks that torch train == torch deploy, and that for each exporter
 the train and deploy files give the torch output in onnxruntime (its graph
 optimizations off, so its own Conv+BN fusion cannot hide anything).
@@ -39,7 +41,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch_blocks as tb  # noqa: E402
 
 OUT = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "torch"
-OPSETS = {"ts": 17, "dynamo": 20}     # TorchScript's long-time default; dynamo's current default
+OPSETS = {"ts": 17, "dynamo": 20, "dynamo_raw": 20}  # TorchScript's long-time default; dynamo's current default
+EXPORTERS = {"ts": "torch.onnx.export(dynamo=False)",
+             "dynamo": "torch.onnx.export(dynamo=True), default optimize=True",
+             "dynamo_raw": "torch.onnx.export(dynamo=True, optimize=False)"}
 BATCH = 2                             # example batch (1 would be specialized by torch.export)
 RTOL, ATOL = 1e-4, 1e-5               # atol is relative to the output's largest magnitude
 
@@ -112,7 +117,8 @@ def export(net: nn.Module, x: torch.Tensor, path: Path, exporter: str, dynamic: 
             torch.onnx.export(net, (x,), str(path), dynamo=False, **common, dynamic_axes=axes)
         else:
             shapes = ({0: torch.export.Dim("batch")},) if dynamic else None
-            program = torch.onnx.export(net, (x,), dynamo=True, **common, dynamic_shapes=shapes)
+            program = torch.onnx.export(net, (x,), dynamo=True, **common, dynamic_shapes=shapes,
+                                        optimize=exporter == "dynamo")
             program.save(str(path), external_data=False)
     model = onnx.load(path)
     # dynamo records each node's Python stack trace, with absolute paths and line numbers: drop it so
@@ -199,8 +205,7 @@ def main() -> None:
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)   # "torchvision is not installed" notices
     blocks = {name: build(name, seed) for seed, name in enumerate(NETS, start=2021)}
     manifest = {"torch": torch.__version__, "onnx": onnx.__version__,
-                "opset": OPSETS, "exporters": {"ts": "torch.onnx.export(dynamo=False)",
-                                               "dynamo": "torch.onnx.export(dynamo=True), default optimize=True"},
+                "opset": OPSETS, "exporters": EXPORTERS,
                 "input": "input", "output": "output", "blocks": blocks}
     (OUT / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     total = sum(p.stat().st_size for p in OUT.glob("*.onnx"))

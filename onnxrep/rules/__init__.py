@@ -60,6 +60,7 @@ from onnxrep.rules import (  # noqa: E402
     fold_conv_affine,
     fold_pad_conv,
     fold_sequential,
+    fold_whole_write,
     merge_concat,
     merge_parallel,
 )
@@ -68,6 +69,7 @@ from onnxrep.rules import (  # noqa: E402
 #: plain Conv branches that merge_parallel can lift.
 DEFAULT_RULES: tuple[Rule, ...] = (
     fold_constants.RULE,
+    fold_whole_write.RULE,
     fold_pad_conv.RULE,
     fold_conv_affine.RULE,
     fold_bias_pad.RULE,

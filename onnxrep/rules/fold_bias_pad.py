@@ -17,9 +17,9 @@ Conditions:
   1. The Conv is 1x1, stride 1, no pads, with constant weights read by it only;
      its output is read by the Pad only.
   2. The Pad is a zero pad of the spatial axes, with constant amounts p.
-  3. Then come only ScatterND (reduction none, constant indices), Transpose
-     and Identity, each intermediate read by the next only; the Transposes
-     cancel out by T.
+  3. Then come only ScatterND (reduction none, constant indices), Transpose,
+     Identity and Slices that keep everything, each intermediate read by the
+     next only; the Transposes cancel out by T.
   4. The channel count and spatial dims are static. The writes cover exactly
      the border of width p, and every written element is v[c] for its channel
      c: a constant, or an Expand of a per-channel constant (any batch size).
@@ -80,13 +80,35 @@ def _follow(tensor: gs.Tensor, rank: int, ctx: Context) -> tuple[list[gs.Node], 
         elif is_op(node, "ScatterND") and node.inputs[0] is tensor and node.attrs.get("reduction", "none") in (
                 "none", b"none"):
             writes.append(_Write(node, perm))
-        elif not is_op(node, "Identity"):
+        elif not (is_op(node, "Identity") or _selects_all(node, ctx)):
             break
         nodes.append(node)
         tensor = node.outputs[0]
         if writes and perm == tuple(range(rank)):
             best = (list(nodes), tensor, list(writes))
     return best
+
+
+def _selects_all(node: gs.Node, ctx: Context) -> bool:
+    """A Slice that keeps its whole input (torch's ``t[:, :]`` before a slice assignment)."""
+    if not is_op(node, "Slice") or len(node.inputs) < 3:
+        return False
+    values = [ctx.constant(t, "slice input") if not t.is_empty() else None for t in node.inputs[1:5]]
+    if any(isinstance(v, Refusal) for v in values):
+        return False
+    starts, ends = values[0], values[1]
+    shape = ctx.dims(node.inputs[0])
+    if shape is None:
+        return False
+    axes = values[2] if len(values) > 2 and values[2] is not None else np.arange(len(starts))
+    steps = values[3] if len(values) > 3 and values[3] is not None else np.ones(len(starts), np.int64)
+    for axis, start, end, step in zip(np.asarray(axes) % len(shape), starts, ends, steps):
+        dim = shape[int(axis)]
+        if step != 1 or start not in (0,) and not (dim is not None and start <= -dim):
+            return False
+        if not (end >= 2**31 - 1 or dim is not None and end >= dim):  # no dim reaches 2^31 - 1 elements
+            return False
+    return True
 
 
 def _channel_fill(tensor: gs.Tensor, ctx: Context) -> np.ndarray | tuple[np.ndarray, int] | None:
@@ -98,6 +120,10 @@ def _channel_fill(tensor: gs.Tensor, ctx: Context) -> np.ndarray | tuple[np.ndar
     node = producer(tensor)
     if is_op(node, "Identity"):
         return _channel_fill(node.inputs[0], ctx)
+    if is_op(node, "Cast") and node.outputs[0].dtype is not None:
+        inner = _channel_fill(node.inputs[0], ctx)
+        cast = (lambda v: np.asarray(v).astype(node.outputs[0].dtype))  # noqa: E731
+        return (cast(inner[0]), inner[1]) if isinstance(inner, tuple) else None if inner is None else cast(inner)
     if is_op(node, "Transpose") and "perm" in node.attrs:
         inner = _channel_fill(node.inputs[0], ctx)
         if isinstance(inner, tuple):

@@ -21,6 +21,10 @@ Folded, for a node of the default domain whose outputs are not graph outputs:
   3. Its result is at most 64K elements, or no bigger than the constants it
      reads when nothing else reads them: folding never grows the model much.
 The values come from ONNX's reference implementation (onnx.reference).
+
+Also, a CastLike whose target tensor has a known dtype becomes a Cast to that
+dtype: the target is read for its type only, and dynamo exports (optimize=False)
+otherwise keep whole Slice chains alive just to name a dtype.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 from onnx.reference import ReferenceEvaluator
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
@@ -66,6 +71,31 @@ class Fold:
     @property
     def nodes(self) -> tuple[gs.Node, ...]:
         return (self.node,)
+
+
+@dataclass(frozen=True, eq=False)
+class CastLikeToCast:
+    node: gs.Node
+    to: int  # the ONNX element type
+
+    @property
+    def output(self) -> str:
+        return self.node.outputs[0].name
+
+    @property
+    def nodes(self) -> tuple[gs.Node, ...]:
+        return (self.node,)
+
+
+def _elem_type(dtype) -> int | None:
+    if dtype is None:
+        return None
+    if isinstance(dtype, int):  # graphsurgeon keeps ONNX types numpy lacks as such
+        return dtype
+    try:
+        return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _shape_vector(tensor: gs.Tensor, ctx: Context) -> list[int | None] | None:
@@ -131,6 +161,11 @@ def find(ctx: Context) -> Iterator[Fold]:
                 or any(id(t) in ctx.graph_outputs for t in node.outputs)
                 or any(isinstance(a, gs.Graph) for a in node.attrs.values())):
             continue
+        if node.op == "CastLike":
+            to = _elem_type(node.inputs[1].dtype) if len(node.inputs) == 2 else None
+            if to is not None and isinstance(ctx.constant(node.inputs[0], "input"), Refusal):
+                yield CastLikeToCast(node, to)  # a constant input is folded instead
+                continue
         try:
             values = _fold(node, ctx)
         except Exception:  # noqa: BLE001 (a node the reference cannot run stays for the runtime)
@@ -139,8 +174,14 @@ def find(ctx: Context) -> Iterator[Fold]:
             yield Fold(node, values)
 
 
-def rewrite(ctx: Context, match: Fold) -> None:
+def rewrite(ctx: Context, match: Fold | CastLikeToCast) -> None:
     outputs = list(match.node.outputs)
+    if isinstance(match, CastLikeToCast):
+        source, name = match.node.inputs[0], match.node.name
+        ctx.detach(match.nodes)
+        ctx.graph.nodes.append(gs.Node("Cast", ctx.unique(name or "Cast"), {"to": match.to},
+                                       inputs=[source], outputs=outputs))
+        return
     ctx.detach(match.nodes)
     for tensor, value in zip(outputs, match.values):
         tensor.to_constant(value)

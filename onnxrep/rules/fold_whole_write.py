@@ -1,0 +1,108 @@
+"""fold_whole_write: a ScatterND that overwrites every row of its data is its updates.
+
+torch's dynamo exporter, unoptimized (optimize=False), lowers a slice
+assignment ``t[:, :, 0:p, :] = v`` to a ScatterND of the modified copy back
+into every row of ``t``, with the rows enumerated at run time:
+
+Before:  Z = ScatterND(D, Unsqueeze(Range(0, Shape(D)[0], 1), -1), U)
+After:   Z = Identity(U)
+
+ScatterND requires U's shape to be (rows of D) + D.shape[1:], that is D's
+shape, and every row is written once: the result is U. Dropping the
+enumeration frees D of its extra readers, so fold_bias_pad can see DBB's
+BN-and-pad as one chain of writes.
+
+Conditions: reduction none; the indices are ``Unsqueeze(·, -1 or 1)`` of
+``Range(0, n, 1)`` (optionally behind a Slice that keeps it whole, a Cast to an
+integer type, or a Reshape to (-1, 1)), where n is ``Shape(D)[0]`` (a Gather
+of index 0 from a Shape of D itself, starting at 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxrep.graph import Context, is_op, producer
+from onnxrep.rules import Rule
+from onnxrep.spec import Refusal
+
+NAME = "fold_whole_write"
+BIG = 2**31 - 1  # a Slice end this large keeps every element of any real axis
+
+
+@dataclass(frozen=True, eq=False)
+class WholeWrite:
+    node: gs.Node
+
+    @property
+    def output(self) -> str:
+        return self.node.outputs[0].name
+
+    @property
+    def nodes(self) -> tuple[gs.Node, ...]:
+        return (self.node,)
+
+
+def _constant(tensor: gs.Tensor, ctx: Context) -> np.ndarray | None:
+    value = ctx.constant(tensor, "index")
+    return None if isinstance(value, Refusal) else value
+
+
+def _is(tensor: gs.Tensor, ctx: Context, *values: int) -> bool:
+    value = _constant(tensor, ctx)
+    return value is not None and value.size == len(values) and value.reshape(-1).tolist() == list(values)
+
+
+def _rows_of(tensor: gs.Tensor, data: gs.Tensor, ctx: Context) -> bool:
+    """Whether ``tensor`` is Shape(data)[0] (through Casts)."""
+    node = producer(tensor)
+    while is_op(node, "Cast"):
+        node = producer(node.inputs[0])
+    if not (is_op(node, "Gather") and node.attrs.get("axis", 0) == 0 and _is(node.inputs[1], ctx, 0)):
+        return False
+    shape = producer(node.inputs[0])
+    return is_op(shape, "Shape") and shape.inputs[0] is data and shape.attrs.get("start", 0) == 0
+
+
+def _every_row(indices: gs.Tensor, data: gs.Tensor, ctx: Context) -> bool:
+    """Whether ``indices`` is [[0], [1], …, [n − 1]] for n the rows of ``data``."""
+    node = producer(indices)
+    if is_op(node, "Unsqueeze"):
+        axes = node.attrs.get("axes") if "axes" in node.attrs else (
+            _constant(node.inputs[1], ctx) if len(node.inputs) > 1 else None)
+        if axes is None or np.asarray(axes).reshape(-1).tolist() not in ([-1], [1]):
+            return False
+    elif not (is_op(node, "Reshape") and _is(node.inputs[1], ctx, -1, 1)):
+        return False
+    node = producer(node.inputs[0])
+    while is_op(node, "Cast", "Slice"):
+        if node.op == "Slice" and not (
+                _is(node.inputs[1], ctx, 0) and (end := _constant(node.inputs[2], ctx)) is not None
+                and end.size == 1 and int(end.reshape(-1)[0]) >= BIG
+                and all(_is(t, ctx, v) for t, v in zip(node.inputs[3:5], (0, 1)) if not t.is_empty())):
+            return False
+        node = producer(node.inputs[0])
+    return (is_op(node, "Range") and _is(node.inputs[0], ctx, 0) and _is(node.inputs[2], ctx, 1)
+            and _rows_of(node.inputs[1], data, ctx))
+
+
+def find(ctx: Context) -> Iterator[WholeWrite]:
+    for node in ctx.nodes():
+        if (is_op(node, "ScatterND") and len(node.inputs) == 3
+                and node.attrs.get("reduction", "none") in ("none", b"none")
+                and _every_row(node.inputs[1], node.inputs[0], ctx)):
+            yield WholeWrite(node)
+
+
+def rewrite(ctx: Context, match: WholeWrite) -> None:
+    updates, output, name = match.node.inputs[2], match.node.outputs[0], match.node.name
+    ctx.detach(match.nodes)
+    ctx.graph.nodes.append(gs.Node("Identity", ctx.unique(name or "Identity"), inputs=[updates], outputs=[output]))
+
+
+RULE = Rule(NAME, "ScatterND writing every row of its data (dynamo's unoptimized slice assignment) → its updates",
+            find, rewrite)
