@@ -18,8 +18,9 @@ Folded, for a node of the default domain whose outputs are not graph outputs:
      the same way: dynamo exports compute BN-and-pad values and zero biases
      so), or computes on integers. Such results are the bits any runtime
      would compute; transcendental functions (Exp, Erf, ...) are not folded.
-  3. Its result is at most 64K elements, or no bigger than the constants it
-     reads when nothing else reads them: folding never grows the model much.
+  3. Its result is at most 512 KiB, or no bigger in bytes than the constants
+     it reads when nothing else reads them: folding never grows the model
+     much (a Cast of float16 weights to float32 stays).
 The values come from ONNX's reference implementation (onnx.reference).
 
 Also, a CastLike whose target tensor has a known dtype becomes a Cast to that
@@ -55,8 +56,8 @@ IEEE_OPS = frozenset(("Add", "Sub", "Mul", "Div", "Neg", "Abs", "Min", "Max", "S
 #: Folded only when every input is an integer or boolean (on floats their order of operations varies).
 INTEGER_OPS = frozenset(("Sum", "Range", "Sign", "ReduceProd", "ReduceSum", "ReduceMin", "ReduceMax"))
 FOLDABLE = DATA_OPS | IEEE_OPS | INTEGER_OPS | {"CastLike"}
-#: Results up to this many elements are always folded (indices, shapes, small per-channel tables).
-SMALL = 1 << 16
+#: Results up to this many bytes are always folded (indices, shapes, small per-channel tables).
+SMALL = 1 << 19
 
 
 @dataclass(frozen=True, eq=False)
@@ -148,9 +149,9 @@ def _fold(node: gs.Node, ctx: Context) -> tuple[np.ndarray, ...] | None:
     if node.op in INTEGER_OPS and not integers or node.op == "Div" and integers:
         return None
     results = _evaluate(node, ctx, values)
-    size = sum(r.size for r in results)
+    size = sum(r.nbytes for r in results)
     private = all(len(t.outputs) == 1 for t in node.inputs if not t.is_empty())
-    if size > SMALL and not (private and size <= sum(v.size for v in present)):
+    if size > SMALL and not (private and size <= sum(v.nbytes for v in present)):
         return None
     return tuple(results)
 
