@@ -63,13 +63,23 @@ class Context:
 
     def dims(self, tensor: gs.Tensor) -> list[int | None] | None:
         """A tensor's shape (None for a dim that is not static) as exported, else as ONNX shape
-        inference sees it: inference runs only when an export left a shape out, once per sweep."""
+        inference sees it: inference runs only when an export left a shape out, once per sweep.
+
+        An initializer a caller may override has only its rank known: an override may differ in shape.
+        """
+        if isinstance(tensor, gs.Constant) and id(tensor) in self.graph_inputs:
+            return [None] * len(tensor.shape)
         known = dims(tensor)
         if known is None:
             if self.inferred is None:
-                self.inferred = infer_shapes(self.graph)
+                self.inferred = infer_shapes(self.graph, self.overridable())
             known = dims(tensor, self.inferred)
         return known
+
+    def overridable(self) -> set[str]:
+        """Names of the initializers that are also graph inputs."""
+        return {t.name for t in self.graph.tensors().values()
+                if isinstance(t, gs.Constant) and id(t) in self.graph_inputs}
 
     def private(self, tensor: gs.Tensor, reader: gs.Node) -> bool:
         """True when ``reader`` is the only thing that reads ``tensor``."""
@@ -189,18 +199,23 @@ def dims(tensor: gs.Tensor, inferred: dict[str, tuple] | None = None) -> list[in
 _SHAPE_INFERENCE_VALUE_LIMIT = 4096
 
 
-def infer_shapes(graph: gs.Graph) -> dict[str, tuple]:
+def infer_shapes(graph: gs.Graph, overridable: Iterable[str] = ()) -> dict[str, tuple]:
     """Every tensor's shape as ONNX shape inference sees it (None for an unknown dim); {} when it fails.
 
     Runs on the graph's structure: big weights enter as typed inputs, so no
-    weight is copied.
+    weight is copied. The ``overridable`` initializers enter as inputs of
+    unknown dims, so no shape derived from their default value counts as static.
     """
     from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
     initializers, typed = [], []
+    overridable = set(overridable)
     for tensor in graph.tensors().values():
         if isinstance(tensor, gs.Constant):
-            if math.prod(tensor.shape) <= _SHAPE_INFERENCE_VALUE_LIMIT:
+            if tensor.name in overridable:
+                elem_type = OnnxExporter.export_value_info_proto(tensor, do_type_check=False).type.tensor_type.elem_type
+                typed.append(onnx.helper.make_tensor_value_info(tensor.name, elem_type, [None] * len(tensor.shape)))
+            elif math.prod(tensor.shape) <= _SHAPE_INFERENCE_VALUE_LIMIT:
                 initializers.append(OnnxExporter.export_tensor_proto(tensor))
             else:
                 typed.append(OnnxExporter.export_value_info_proto(tensor, do_type_check=False))

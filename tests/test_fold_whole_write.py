@@ -62,3 +62,32 @@ def test_refuses(kwargs):
     optimized, report = optimize_and_check(whole_write(**kwargs), **ONLY)
     assert not report.fired["fold_whole_write"] and not report.dropped  # refused, not rolled back
     assert histogram(optimized)["ScatterND"] == 1
+
+
+def constant_rows(rows, batch=3):
+    """Z = ScatterND(D, rows, −Gather(D, rows)) with constant row indices, as a static batch exports once folded."""
+    b = GraphBuilder(seed=81)
+    data = b.op("Relu", b.input("x", [batch, 4, 5, 5]))
+    indices = b.constant(np.array(rows, I64).reshape(-1, 1))
+    updates = b.op("Neg", b.node("Gather", [data, b.constant(np.array(rows, I64))], axis=0))
+    b.output(b.node("ScatterND", [data, indices, updates]))
+    return b.model()
+
+
+def test_constant_rows_of_a_static_batch_become_its_updates():
+    optimized, report = optimize_and_check(constant_rows([0, 1, 2]), **ONLY)
+    assert report.fired["fold_whole_write"] == 1
+    assert "ScatterND" not in histogram(optimized)
+
+
+@pytest.mark.parametrize("rows, batch", [
+    ([0, 1, 2], "N"),   # the batch may be anything at run time
+    ([2, 1, 0], 3),     # every row, but permuted: Z is not the updates
+    ([0, 1], 3),        # the first two rows only
+])
+def test_refuses_constant_rows(rows, batch):
+    model = constant_rows(rows, batch)
+    feeds = {"x": np.random.default_rng(5).standard_normal((3, 4, 5, 5)).astype(np.float32)}
+    optimized, report = optimize_and_check(model, feeds=feeds, input_shapes={"x": (3, 4, 5, 5)}, **ONLY)
+    assert not report.fired["fold_whole_write"] and not report.dropped
+    assert histogram(optimized)["ScatterND"] == 1

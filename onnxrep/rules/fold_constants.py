@@ -16,8 +16,12 @@ Folded, for a node of the default domain whose outputs are not graph outputs:
      compares data (Reshape, Gather, Expand, Concat, Where, Equal, Cast, ...),
      is an IEEE 754 basic operation (+ − × ÷ √, which every runtime rounds
      the same way: dynamo exports compute BN-and-pad values and zero biases
-     so), or computes on integers. Such results are the bits any runtime
-     would compute; transcendental functions (Exp, Erf, ...) are not folded.
+     so), or computes on integers (integer Div aside: its division by zero
+     is undefined). Such results are the bits the ONNX spec defines;
+     transcendental functions (Exp, Erf, ...) are not folded. A runtime may
+     skip a rounding the spec asks for (onnxruntime's CPU runs a float16 Add
+     after a Cast to float16 as one float32 Add): folding that Cast rounds
+     its constant, and verification judges whether that matters.
   3. Its result is at most 512 KiB, or no bigger in bytes than the constants
      it reads when nothing else reads them: folding never grows the model
      much (a Cast of float16 weights to float32 stays).
@@ -102,8 +106,8 @@ def _elem_type(dtype) -> int | None:
 def _shape_vector(tensor: gs.Tensor, ctx: Context) -> list[int | None] | None:
     """The dims a Shape node's output holds (None where not static), when ``tensor`` is one."""
     node = producer(tensor)
-    if not is_op(node, "Shape") or id(node.inputs[0]) in ctx.graph_inputs and isinstance(node.inputs[0], gs.Constant):
-        return None  # an initializer a caller may override: its shape too
+    if not is_op(node, "Shape"):
+        return None
     known = ctx.dims(node.inputs[0])
     if known is None:
         return None

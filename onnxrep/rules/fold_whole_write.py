@@ -15,7 +15,8 @@ BN-and-pad as one chain of writes.
 Conditions: reduction none; the indices are ``Unsqueeze(·, -1 or 1)`` of
 ``Range(0, n, 1)`` (optionally behind a Slice that keeps it whole, a Cast to an
 integer type, or a Reshape to (-1, 1)), where n is ``Shape(D)[0]`` (a Gather
-of index 0 from a Shape of D itself, starting at 0).
+of index 0 from a Shape of D itself, starting at 0); or, D's rows being static
+(n of them), the indices are the constant [[0], [1], …, [n − 1]].
 """
 
 from __future__ import annotations
@@ -70,6 +71,10 @@ def _rows_of(tensor: gs.Tensor, data: gs.Tensor, ctx: Context) -> bool:
 
 def _every_row(indices: gs.Tensor, data: gs.Tensor, ctx: Context) -> bool:
     """Whether ``indices`` is [[0], [1], …, [n − 1]] for n the rows of ``data``."""
+    value = _constant(indices, ctx)
+    if value is not None:  # a static batch: fold_constants has made the enumeration a constant
+        rows = (ctx.dims(data) or [None])[0]
+        return rows is not None and value.shape == (rows, 1) and value.reshape(-1).tolist() == list(range(rows))
     node = producer(indices)
     if is_op(node, "Unsqueeze"):
         axes = node.attrs.get("axes") if "axes" in node.attrs else (
