@@ -30,6 +30,21 @@ class Finding:
 
 
 @dataclass(frozen=True, eq=False)
+class NodeMatch:
+    """A match of one node that a rewrite replaces."""
+
+    node: gs.Node
+
+    @property
+    def output(self) -> str:
+        return self.node.outputs[0].name
+
+    @property
+    def nodes(self) -> tuple[gs.Node, ...]:
+        return (self.node,)
+
+
+@dataclass(frozen=True, eq=False)
 class PairMatch:
     """A match of two chained nodes, ``first → second``, that a rewrite turns into one."""
 

@@ -44,7 +44,7 @@ from onnx.reference import ReferenceEvaluator
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
 from onnxrep.graph import Context, is_op, producer
-from onnxrep.rules import Rule
+from onnxrep.rules import NodeMatch, Rule
 from onnxrep.spec import Refusal
 
 NAME = "fold_constants"
@@ -65,31 +65,13 @@ SMALL = 1 << 19
 
 
 @dataclass(frozen=True, eq=False)
-class Fold:
-    node: gs.Node
+class Fold(NodeMatch):
     values: tuple[np.ndarray, ...]
-
-    @property
-    def output(self) -> str:
-        return self.node.outputs[0].name
-
-    @property
-    def nodes(self) -> tuple[gs.Node, ...]:
-        return (self.node,)
 
 
 @dataclass(frozen=True, eq=False)
-class CastLikeToCast:
-    node: gs.Node
+class CastLikeToCast(NodeMatch):
     to: int  # the ONNX element type
-
-    @property
-    def output(self) -> str:
-        return self.node.outputs[0].name
-
-    @property
-    def nodes(self) -> tuple[gs.Node, ...]:
-        return (self.node,)
 
 
 def _elem_type(dtype) -> int | None:

@@ -22,30 +22,20 @@ of index 0 from a Shape of D itself, starting at 0); or, D's rows being static
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxrep.graph import Context, is_op, producer
-from onnxrep.rules import Rule
+from onnxrep.rules import NodeMatch, Rule
 from onnxrep.spec import Refusal
 
 NAME = "fold_whole_write"
 BIG = 2**31 - 1  # a Slice end this large keeps every element of any real axis
 
 
-@dataclass(frozen=True, eq=False)
-class WholeWrite:
-    node: gs.Node
-
-    @property
-    def output(self) -> str:
-        return self.node.outputs[0].name
-
-    @property
-    def nodes(self) -> tuple[gs.Node, ...]:
-        return (self.node,)
+class WholeWrite(NodeMatch):
+    """The ScatterND whose every row is written."""
 
 
 def _constant(tensor: gs.Tensor, ctx: Context) -> np.ndarray | None:
