@@ -181,6 +181,37 @@ def sharing(tensor: gs.Tensor, reader: gs.Node, ctx: Context) -> Refusal | None:
         tensor, reader = node.inputs[0], node
 
 
+#: A Slice end at least this large keeps every element of any real axis (torch exports ``:`` as INT64_MAX).
+WHOLE_END = 2**31 - 1
+
+
+def selects_all(node: gs.Node | None, ctx: Context) -> bool:
+    """Whether ``node`` is a Slice that keeps its whole input (torch's ``t[:, :]``).
+
+    Each sliced axis must start at 0 (or at −dim or below) and end at WHOLE_END
+    (or at dim or beyond) with step 1; dims are looked up only when needed.
+    """
+    if not is_op(node, "Slice") or len(node.inputs) < 3:
+        return False
+    values = [None if t.is_empty() else ctx.constant(t, "slice input") for t in node.inputs[1:5]]
+    if any(isinstance(v, Refusal) for v in values):
+        return False
+    starts, ends, axes, steps = (*values, None, None)[:4]
+    axes = np.arange(len(starts)) if axes is None else axes
+    steps = np.ones(len(starts), np.int64) if steps is None else steps
+    shape = None
+    for axis, start, end, step in zip(axes, starts, ends, steps):
+        if step != 1:
+            return False
+        if start == 0 and end >= WHOLE_END:
+            continue
+        shape = ctx.dims(node.inputs[0]) if shape is None else shape
+        dim = shape[int(axis) % len(shape)] if shape else None
+        if dim is None or not (start <= -dim or start == 0) or end < dim:
+            return False
+    return True
+
+
 def dims(tensor: gs.Tensor, inferred: dict[str, tuple] | None = None) -> list[int | None] | None:
     """A tensor's shape with None for what is not a static dim; None when even its rank is unknown.
 

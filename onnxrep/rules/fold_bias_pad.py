@@ -36,7 +36,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxrep import lift
-from onnxrep.graph import Context, constant_value, is_op, producer
+from onnxrep.graph import Context, constant_value, is_op, producer, selects_all
 from onnxrep.rules import Finding, Rule
 from onnxrep.spec import Refusal
 
@@ -80,35 +80,13 @@ def _follow(tensor: gs.Tensor, rank: int, ctx: Context) -> tuple[list[gs.Node], 
         elif is_op(node, "ScatterND") and node.inputs[0] is tensor and node.attrs.get("reduction", "none") in (
                 "none", b"none"):
             writes.append(_Write(node, perm))
-        elif not (is_op(node, "Identity") or _selects_all(node, ctx)):
+        elif not (is_op(node, "Identity") or selects_all(node, ctx)):
             break
         nodes.append(node)
         tensor = node.outputs[0]
         if writes and perm == tuple(range(rank)):
             best = (list(nodes), tensor, list(writes))
     return best
-
-
-def _selects_all(node: gs.Node, ctx: Context) -> bool:
-    """A Slice that keeps its whole input (torch's ``t[:, :]`` before a slice assignment)."""
-    if not is_op(node, "Slice") or len(node.inputs) < 3:
-        return False
-    values = [ctx.constant(t, "slice input") if not t.is_empty() else None for t in node.inputs[1:5]]
-    if any(isinstance(v, Refusal) for v in values):
-        return False
-    starts, ends = values[0], values[1]
-    shape = ctx.dims(node.inputs[0])
-    if shape is None:
-        return False
-    axes = values[2] if len(values) > 2 and values[2] is not None else np.arange(len(starts))
-    steps = values[3] if len(values) > 3 and values[3] is not None else np.ones(len(starts), np.int64)
-    for axis, start, end, step in zip(np.asarray(axes) % len(shape), starts, ends, steps):
-        dim = shape[int(axis)]
-        if step != 1 or start not in (0,) and not (dim is not None and start <= -dim):
-            return False
-        if not (end >= 2**31 - 1 or dim is not None and end >= dim):  # no dim reaches 2^31 - 1 elements
-            return False
-    return True
 
 
 def _channel_fill(tensor: gs.Tensor, ctx: Context) -> np.ndarray | tuple[np.ndarray, int] | None:

@@ -26,12 +26,11 @@ from collections.abc import Iterator
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxrep.graph import Context, is_op, producer
+from onnxrep.graph import Context, is_op, producer, selects_all
 from onnxrep.rules import NodeMatch, Rule
 from onnxrep.spec import Refusal
 
 NAME = "fold_whole_write"
-BIG = 2**31 - 1  # a Slice end this large keeps every element of any real axis
 
 
 class WholeWrite(NodeMatch):
@@ -75,10 +74,7 @@ def _every_row(indices: gs.Tensor, data: gs.Tensor, ctx: Context) -> bool:
         return False
     node = producer(node.inputs[0])
     while is_op(node, "Cast", "Slice"):
-        if node.op == "Slice" and not (
-                _is(node.inputs[1], ctx, 0) and (end := _constant(node.inputs[2], ctx)) is not None
-                and end.size == 1 and int(end.reshape(-1)[0]) >= BIG
-                and all(_is(t, ctx, v) for t, v in zip(node.inputs[3:5], (0, 1)) if not t.is_empty())):
+        if node.op == "Slice" and not selects_all(node, ctx):
             return False
         node = producer(node.inputs[0])
     return (is_op(node, "Range") and _is(node.inputs[0], ctx, 0) and _is(node.inputs[2], ctx, 1)
