@@ -13,10 +13,12 @@ from onnxrep import engine, io
 from onnxrep.errors import VerificationFailed
 from onnxrep.report import ModelStats, Report
 from onnxrep.rules import DEFAULT_RULES, RULES_BY_NAME, Finding, Rule
-from onnxrep.verify import DEFAULT_ATOL, DEFAULT_RTOL, Verification, verify
+from onnxrep.verify import Verification, verify
 
-#: At most this many rewrites are rolled back before a run gives up.
-MAX_ROLLBACKS = 8
+#: At most this many rounds of rollback (each a rewrite and a verification) before a run gives up.
+#: A round rolls back every rewrite whose local check failed, or, when the local checks all pass
+#: and the outputs still differ, the one rewrite that bisection finds.
+MAX_ROLLBACK_ROUNDS = 8
 
 
 def select_rules(only: Sequence[str] = (), skip: Sequence[str] = ()) -> tuple[Rule, ...]:
@@ -48,14 +50,17 @@ def optimize(model: onnx.ModelProto | gs.Graph | str | os.PathLike, *,
              rules: Sequence[Rule] = DEFAULT_RULES,
              check: bool = True,
              input_shapes: dict[str, tuple[int, ...]] | None = None,
-             rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL, seed: int = 0,
+             rtol: float | None = None, atol: float | None = None, seed: int = 0,
              progress: Callable[[str], None] | None = None,
              ) -> tuple[onnx.ModelProto, Report]:
     """Re-parameterize ``model`` (a ModelProto, a graphsurgeon Graph or a path) and verify it.
 
-    If verification fails, the rewrites responsible are found by bisection
-    over the applied rewrites and rolled back (``report.dropped`` names them);
-    the best model that verifies is returned. Raises
+    Verification (:mod:`onnxrep.verify`) checks every rewrite locally and the
+    outputs against the model's own noise floor (``rtol``/``atol`` replace the
+    latter with fixed tolerances). Rewrites whose local check fails are rolled
+    back (``report.dropped`` names them); if the local checks pass and the
+    outputs still differ, bisection over the applied rewrites finds the one to
+    roll back. The best model that verifies is returned. Raises
     :class:`onnxrep.errors.VerificationFailed` (with ``.report``) only when
     nothing can be salvaged. The input ModelProto is not modified.
     ``progress`` is called with the name of each long step as it starts.
@@ -97,14 +102,16 @@ def optimize(model: onnx.ModelProto | gs.Graph | str | os.PathLike, *,
 
         verification = check_model(optimized)
         dropped: list[Finding] = []
-        while not verification.passed and report.applied and len(dropped) < MAX_ROLLBACKS:
-            culprit = _first_failing(model, rules, report.applied, {(f.rule, f.where) for f in dropped},
-                                     check_model)
-            if culprit is None:
+        for _ in range(MAX_ROLLBACK_ROUNDS):
+            if verification.passed or not report.applied:
                 break
-            step(f"roll back {culprit[0]} at {culprit[1]}")
-            dropped.append(Finding(*culprit, f"rolled back: the model failed verification with this rewrite "
-                                             f"(max abs error {verification.max_abs_error:.3g})"))
+            culprits = _culprits(model, rules, report.applied, {(f.rule, f.where) for f in dropped},
+                                 verification, check_model)
+            if not culprits:
+                break
+            for finding in culprits:
+                step(f"roll back {finding.rule} at {finding.where}")
+            dropped += culprits
             optimized, report = _rewrite(model, rules, blocked={(f.rule, f.where) for f in dropped})
             verification = check_model(optimized)
         report.dropped = dropped
@@ -113,12 +120,40 @@ def optimize(model: onnx.ModelProto | gs.Graph | str | os.PathLike, *,
     report.before, report.after = before, ModelStats.of(optimized)
     report.seconds = timings
     if report.verification is not None and not report.verification.passed:
-        error = VerificationFailed(
-            f"verification failed: max abs error {report.verification.max_abs_error:.3g} "
-            f"exceeds the tolerance (rtol {rtol:g}, atol {atol:g} × output scale); nothing written")
+        error = VerificationFailed(f"verification failed: {_failure(report.verification)}; nothing written")
         error.report = report
         raise error
     return optimized, report
+
+
+def _failure(v: Verification) -> str:
+    """What failed, in a few words."""
+    if v.failing_tensors:
+        worst = max((c for c in v.local if not c.passed), key=lambda c: c.worst_ratio)
+        return (f"the local check of {len(v.failing_tensors)} rewritten tensor(s) failed (worst: "
+                f"{worst.tensor}, max abs error {worst.max_abs_error:.3g})")
+    bad = [o for o in v.outputs if not o.passed]
+    worst = max(bad, key=lambda o: o.max_abs_error) if bad else None
+    if worst is None:
+        return "outputs differ"
+    return (f"output {worst.name} differs by {worst.max_abs_error:.3g}, more than the {worst.allowed:.3g} "
+            f"allowed ({v.tolerance})")
+
+
+def _culprits(model, rules, applied, blocked, verification: Verification, check_model) -> list[Finding]:
+    """The rewrites to roll back: those that wrote a tensor whose local check failed, all at once;
+    else (the local checks pass, or name no rewrite) the one bisection finds."""
+    failing = {c.tensor: c for c in verification.local if not c.passed}
+    local = [(rule, where) for rule, where in applied
+             if where.split("#")[0] in failing and (rule, where) not in blocked]
+    if local:
+        return [Finding(rule, where, f"rolled back: its local check failed (max abs error "
+                                    f"{failing[where.split('#')[0]].max_abs_error:.3g}, more than float "
+                                    f"rounding allows)") for rule, where in local]
+    culprit = _first_failing(model, rules, applied, blocked, check_model)
+    if culprit is None:
+        return []
+    return [Finding(*culprit, f"rolled back: the outputs differ with this rewrite ({_failure(verification)})")]
 
 
 def _first_failing(model, rules, applied, blocked, check_model) -> tuple[str, str] | None:

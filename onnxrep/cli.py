@@ -20,7 +20,6 @@ from onnxrep.api import optimize, select_rules
 from onnxrep.errors import EXIT_CODES, OnnxrepError, OutputError, UnsupportedModel
 from onnxrep.report import Report
 from onnxrep.rules import DEFAULT_RULES
-from onnxrep.verify import DEFAULT_ATOL, DEFAULT_RTOL
 
 EXIT_CODE_HELP = "\b\nExit codes:\n" + "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES)
 
@@ -53,8 +52,8 @@ class Job:
     force: bool = False
     check: bool = True
     input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
-    rtol: float = DEFAULT_RTOL
-    atol: float = DEFAULT_ATOL
+    rtol: float | None = None
+    atol: float | None = None
     seed: int = 0
     external_data: bool = False
     debug: bool = False
@@ -152,10 +151,11 @@ def _batch_inputs(paths: tuple[str, ...]) -> list[Path]:
 @click.option("-j", "--jobs", type=click.IntRange(1), help="Batch mode: worker processes (default: CPUs).")
 @click.option("--force", is_flag=True, help="Allow OUT to be the same file as IN.")
 @click.option("--no-verify", is_flag=True, help="Skip the onnxruntime comparison.")
-@click.option("--rtol", type=float, default=DEFAULT_RTOL, show_default=True,
-              help="Relative tolerance of the verification.")
-@click.option("--atol", type=float, default=DEFAULT_ATOL, show_default=True,
-              help="Absolute tolerance, times the largest magnitude of each output.")
+@click.option("--rtol", type=float,
+              help="Relative tolerance of the outputs, instead of the model's measured noise floor.")
+@click.option("--atol", type=float,
+              help="Absolute tolerance of the outputs, times each output's largest magnitude "
+                   "(instead of the noise floor).")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:DxD..",
               help="Shape for an input with dynamic dims during verification (repeatable).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")

@@ -105,18 +105,29 @@ def _verification_line(v: Verification | None) -> str:
         return "verification: skipped (--no-verify)"
     shapes = ", ".join(f"{k}={'x'.join(map(str, s))}" for k, s in v.input_shapes.items())
     status = "passed" if v.passed else "FAILED"
-    failing = [o.name for o in v.outputs if not o.passed]
-    detail = f"; differing outputs: {', '.join(failing)}" if failing else ""
-    checked = f"{len(v.outputs) - v.intermediates} output(s)"
-    if v.intermediates:
-        checked += f" and {v.intermediates} intermediate tensor(s)"
-    return (f"verification: {status}, max abs error {v.max_abs_error:.3g} over {checked}, "
-            f"inputs {shapes}{detail}")
+    parts = [f"verification: {status}"]
+    if v.local:
+        failing = v.failing_tensors
+        parts.append(f"local max error {v.local_max_abs_error:.2g} over {len(v.local)} rewritten tensor(s)"
+                     + (f" ({len(failing)} failed: {', '.join(failing[:5])})" if failing else ""))
+    elif v.local_skipped:
+        parts.append(f"no local checks ({v.local_skipped})")
+    bound = {"noise floor": f"noise floor {v.noise_floor:.2g}", "rounding": "within rounding"}.get(
+        v.tolerance, v.tolerance)
+    parts.append(f"outputs max error {v.max_abs_error:.2g} ({bound}) over {len(v.outputs)} output(s)")
+    failing_outputs = [o.name for o in v.outputs if not o.passed]
+    if failing_outputs:
+        parts.append(f"differing outputs: {', '.join(failing_outputs)}")
+    parts.append(f"inputs {shapes}")
+    return ", ".join(parts)
 
 
 def _verification_dict(v: Verification | None) -> dict | None:
     if v is None:
         return None
-    return {"passed": v.passed, "max_abs_error": v.max_abs_error, "input_shapes": v.input_shapes,
-            "intermediates": v.intermediates,
-            "seconds": v.seconds, "outputs": [asdict(o) for o in v.outputs]}
+    return {"passed": v.passed, "max_abs_error": v.max_abs_error, "noise_floor": v.noise_floor,
+            "tolerance": v.tolerance, "input_shapes": v.input_shapes, "seconds": v.seconds,
+            "outputs": [asdict(o) for o in v.outputs],
+            "local": {"checked": len(v.local), "max_abs_error": v.local_max_abs_error,
+                      "failed": v.failing_tensors, "skipped": v.local_skipped,
+                      "tensors": [asdict(c) for c in v.local]}}

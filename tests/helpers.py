@@ -63,30 +63,28 @@ def reasons(report) -> str:
     return " | ".join(f.reason for f in report.refusals)
 
 
-def scaled_rule(factor: float):
-    """merge_parallel made subtly wrong: merged convs scaled by ``factor`` (argmax-preserving)."""
-    from dataclasses import replace
-
-    from onnxrep.rules import Rule, merge_parallel
-
-    def find(ctx):
-        for item in merge_parallel.find(ctx):
-            if hasattr(item, "merges"):
-                merges = tuple((replace(spec, weight=spec.weight * factor, bias=spec.bias * factor), branches)
-                               for spec, branches in item.merges)
-                item = merge_parallel.Join(item.root, item.joins, merges, item.rest)
-            yield item
-    return Rule("scaled", "scales merged convs", find, merge_parallel.rewrite)
-
-
-def broken_rule(only: str | None = None):
-    """merge_parallel made wrong on purpose: it negates merged convs (all, or the one writing ``only``)."""
+def altered_rule(name: str, alter, only: str | None = None):
+    """merge_parallel made wrong on purpose: ``alter(spec, branches)`` replaces each merged spec
+    (all of them, or the one writing ``only``)."""
     from onnxrep.rules import Rule, merge_parallel
 
     def find(ctx):
         for item in merge_parallel.find(ctx):
             if hasattr(item, "merges") and only in (None, item.output):
-                merges = tuple((spec.negated(), branches) for spec, branches in item.merges)
+                merges = tuple((alter(spec, branches), branches) for spec, branches in item.merges)
                 item = merge_parallel.Join(item.root, item.joins, merges, item.rest)
             yield item
-    return Rule("broken", "negates merged convs", find, merge_parallel.rewrite)
+    return Rule(name, f"merge_parallel, {name}", find, merge_parallel.rewrite)
+
+
+def scaled_rule(factor: float):
+    """merge_parallel made subtly wrong: merged convs scaled by ``factor`` (argmax-preserving)."""
+    from dataclasses import replace
+
+    return altered_rule("scaled", lambda spec, _: replace(spec, weight=spec.weight * factor,
+                                                           bias=spec.bias * factor))
+
+
+def broken_rule(only: str | None = None):
+    """merge_parallel made wrong on purpose: it negates merged convs (all, or the one writing ``only``)."""
+    return altered_rule("broken", lambda spec, _: spec.negated(), only)

@@ -33,7 +33,7 @@ def test_optimize_prints_report_and_writes(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     for text in ("BatchNormalization", "nodes", "parameters", "file size", "fold_conv_affine ×16",
-                 "merge_parallel ×8", "verification: passed", "max abs error", f"wrote {out}"):
+                 "merge_parallel ×8", "verification: passed", "local max error", "within rounding", f"wrote {out}"):
         assert text in result.stdout, text
     onnx.checker.check_model(onnx.load(out), full_check=True)
     report = json.loads((tmp_path / "r.json").read_text())
@@ -89,7 +89,7 @@ def test_rollback_writes_what_verifies(tmp_path, monkeypatch):
 
 def test_verification_failure_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(cli, "select_rules", lambda only, skip: (RULES_BY_NAME["fold_conv_affine"], broken_rule()))
-    monkeypatch.setattr(api, "MAX_ROLLBACKS", 1)
+    monkeypatch.setattr(api, "MAX_ROLLBACK_ROUNDS", 0)
     out = tmp_path / "out.onnx"
     result = CliRunner().invoke(cli.main, ["optimize", str(SAMPLE), str(out)])
     assert result.exit_code == 9, result.output

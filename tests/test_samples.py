@@ -10,6 +10,7 @@ import pytest
 from helpers import histogram, random_feeds, run
 
 import onnxrep
+from onnxrep.verify import verify
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 SAMPLES = sorted(p.name.removesuffix(".train.onnx") for p in MODELS.glob("*.train.onnx"))
@@ -34,6 +35,13 @@ def test_train_becomes_deploy(name):
     # Every weight of the deploy twin is matched (same shapes, same number of parameters).
     assert sorted(tuple(i.dims) for i in optimized.graph.initializer) == \
         sorted(tuple(i.dims) for i in deploy.graph.initializer)
+
+
+@pytest.mark.parametrize("name", SAMPLES)
+def test_deploy_twin_passes_the_output_check(name):
+    result = verify(onnx.load(MODELS / f"{name}.train.onnx"), onnx.load(MODELS / f"{name}.deploy.onnx"),
+                    local=False)
+    assert result.passed, result.outputs
 
 
 @pytest.mark.parametrize("name", SAMPLES)

@@ -15,6 +15,7 @@ import pytest
 from helpers import histogram, random_feeds, run
 
 import onnxrep
+from onnxrep.verify import verify
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "torch"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
@@ -37,3 +38,11 @@ def test_train_export_becomes_deploy(block, exporter):
     want = run(deploy, feeds)[0]
     got = run(optimized, feeds)[0]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max()))
+
+
+@pytest.mark.parametrize("block,exporter", CASES, ids=[f"{b}-{e}" for b, e in CASES])
+def test_deploy_twin_passes_the_output_check(block, exporter):
+    """The author's own conversion is exact: the noise-floor check must accept it."""
+    files = MANIFEST["blocks"][block]["files"][exporter]
+    result = verify(onnx.load(FIXTURES / files["train"]), onnx.load(FIXTURES / files["deploy"]), local=False)
+    assert result.passed, result.outputs

@@ -1,0 +1,350 @@
+"""Check every rewrite where it happens, on the original model's own values.
+
+An exact rewrite can still move a tensor deep in a network by far more than
+float rounding: each layer's rounding is amplified by every layer after it.
+Comparing deep tensors with a fixed tolerance therefore rejects correct
+re-parameterizations, the author's own deploy conversion included. This
+module looks at each rewrite on its own instead:
+
+1. :func:`plan` compares the two graphs node by node. A node of the optimized
+   graph is *changed* unless the original has the same node (op, inputs,
+   outputs, attributes, constant inputs to the bit). Rewrites keep the names of
+   the tensors they rewrite, so a changed node's inputs and outputs are, where
+   the original also computes them, *anchors*: tensors with a known value.
+2. :func:`augmented` adds to the optimized model a copy of every changed node
+   that reads the anchors from new graph inputs (fed with the original's
+   values) instead of the optimized graph's own values. Upstream drift is then
+   out of the picture: each copy sees exactly the inputs the original layer saw.
+3. Beside each copy goes its *magnitude twin*: the same op on absolute values
+   (``|W| ⊛ |x| + |b|`` for a Conv), computed in float32. A float sum of terms
+   loses at most a few units of roundoff of the sum of their magnitudes, so
+   the error allowed at each element is ``ROUNDING_FACTOR · u · magnitude``
+   with ``u`` the unit roundoff of the tensor's dtype (see ROUNDING_FACTOR).
+4. :func:`compare` checks every anchor the copies recompute, and every tensor
+   the original computes that the optimized model holds as a constant.
+
+A failing anchor names the rewrite that wrote it: rollback needs no bisection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+#: Error allowed per element, in units of roundoff of the magnitude ``|W| ⊛ |x| + |b|``.
+#: Both sides round: the original's branches (each a sum of K terms, then a BN
+#: scale and the join's adds) and the merged layer (weights rounded once from
+#: float64, then one sum of K terms). Recursive or blocked summation of K terms
+#: errs by at most K·u·magnitude, but that worst case needs every partial sum to
+#: reach the full magnitude; with terms of mixed signs the errors behave like a
+#: random walk of size ~u·magnitude (Higham & Mary, "A new approach to
+#: probabilistic rounding error analysis", SISC 2019), and the largest of
+#: millions of such elements stays within ~6 standard deviations. The original
+#: also sums its branches' magnitudes, which exceed the merged kernel's by up to
+#: √(branches) when branch kernels have independent signs. 64 covers a 5-branch
+#: MobileOne block at 6σ with a further 2× margin; measured worst ratios on
+#: real networks (RepVGG-B3, timm MobileOne-S0, the fixtures) are in the README.
+#: A wrong merge errs by a whole term (a tap shifted, a bias dropped: ~|w·x| per
+#: element, ≥ 1e-3 of the magnitude even for K = 4608) or by a relative change of
+#: the output (an epsilon mis-applied: ~5e-4·|y|), both far above 64·u = 3.8e-6.
+ROUNDING_FACTOR = 64.0
+
+#: Unit roundoff (half an ulp at 1) of each float type.
+UNIT_ROUNDOFF = {
+    np.dtype(np.float16): 2.0**-11,
+    np.dtype(np.float32): 2.0**-24,
+    np.dtype(np.float64): 2.0**-53,
+}
+
+_REF, _LOCAL, _MAG, _ABS = "::onnxrep_ref", "::onnxrep_local", "::onnxrep_mag", "::onnxrep_abs"
+
+#: Ops that only move, select or pool their data input(s) (monotone in absolute value): the twin
+#: runs the same op on magnitudes. Value: the indices of the data inputs (None: all).
+_PASS_THROUGH = {op: (0,) for op in (
+    "Identity", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Expand", "Tile",
+    "Gather", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Relu", "Split",
+    "DepthToSpace", "SpaceToDepth")}
+_PASS_THROUGH.update({"Pad": (0, 2), "Concat": None})
+#: Linear ops: the twin runs them on magnitudes (Sub and Neg become Add and Identity).
+_LINEAR = {"Conv": "Conv", "Gemm": "Gemm", "MatMul": "MatMul", "Add": "Add", "Sub": "Add", "Sum": "Sum",
+           "Mul": "Mul", "Div": "Div", "Neg": "Identity"}
+
+
+@dataclass(frozen=True)
+class LocalCheck:
+    """One rewritten tensor: the optimized graph's layer on the original's inputs vs the original's value."""
+
+    tensor: str
+    max_abs_error: float
+    worst_ratio: float  # largest error / allowed error over the elements: passes when ≤ 1
+    passed: bool
+
+
+@dataclass
+class Plan:
+    changed: list[onnx.NodeProto] = field(default_factory=list)  # optimized nodes not in the original
+    reads: list[str] = field(default_factory=list)  # anchors the changed nodes read
+    writes: list[str] = field(default_factory=list)  # anchors the changed nodes write
+    folded: list[str] = field(default_factory=list)  # computed in the original, a constant now
+    removed: list[onnx.NodeProto] = field(default_factory=list)  # original nodes the rewrites replaced
+
+    @property
+    def needed(self) -> list[str]:
+        """The original's tensors the check needs (graph inputs aside: they are the feeds)."""
+        return list(dict.fromkeys(self.reads + self.writes + self.folded))
+
+
+def plan(original: onnx.ModelProto, optimized: onnx.ModelProto) -> Plan:
+    """What changed between the two graphs, and which of the original's values check it."""
+    old_graph, new_graph = original.graph, optimized.graph
+    computed = {o for n in old_graph.node for o in n.output if o}
+    inputs = {i.name for i in old_graph.input} - {t.name for t in old_graph.initializer}
+    anchors = computed | inputs
+    old_nodes = {tuple(n.output): (k, n) for k, n in enumerate(old_graph.node)}
+    old_weights = {t.name: t for t in old_graph.initializer}
+    new_weights = {t.name: t for t in new_graph.initializer}
+    result = Plan()
+    kept = set()
+    for node in new_graph.node:
+        index, old = old_nodes.get(tuple(node.output), (None, None))
+        if old is not None and _same_node(old, node, old_weights, new_weights):
+            kept.add(index)
+            continue
+        result.changed.append(node)
+        result.reads += [i for i in node.input if i in anchors and i not in new_weights]
+        result.writes += [o for o in node.output if o in computed]
+    read_now = {i for n in new_graph.node for i in n.input} | {o.name for o in new_graph.output}
+    result.folded = [name for name in new_weights if name in computed and name in read_now]
+    result.reads = [r for r in dict.fromkeys(result.reads) if r in computed]
+    result.removed = [n for k, n in enumerate(old_graph.node) if k not in kept]
+    return result
+
+
+def _same_node(old: onnx.NodeProto, new: onnx.NodeProto, old_weights: dict, new_weights: dict) -> bool:
+    if (old.op_type, old.domain or "", list(old.input)) != (new.op_type, new.domain or "", list(new.input)):
+        return False
+    if _attributes(old) != _attributes(new):
+        return False
+    for name in new.input:
+        if name in new_weights and not _same_tensor(old_weights.get(name), new_weights[name]):
+            return False
+    return True
+
+
+def _attributes(node: onnx.NodeProto) -> dict:
+    values = {}
+    for attribute in node.attribute:
+        value = helper.get_attribute_value(attribute)
+        if isinstance(value, TensorProto):
+            value = _tensor_key(value)
+        elif isinstance(value, onnx.GraphProto | onnx.SparseTensorProto):
+            value = value.SerializeToString(deterministic=True)
+        elif isinstance(value, list) and value and isinstance(value[0], TensorProto | onnx.GraphProto):
+            value = [v.SerializeToString(deterministic=True) for v in value]
+        values[attribute.name] = value
+    return values
+
+
+def _tensor_key(tensor: TensorProto) -> tuple:
+    return tensor.data_type, tuple(tensor.dims), numpy_helper.to_array(tensor).tobytes()
+
+
+def _same_tensor(old: TensorProto | None, new: TensorProto) -> bool:
+    if old is None or (old.data_type, tuple(old.dims)) != (new.data_type, tuple(new.dims)):
+        return False
+    if old.raw_data and new.raw_data:
+        return old.raw_data == new.raw_data
+    return _tensor_key(old) == _tensor_key(new)
+
+
+@contextmanager
+def augmented(optimized: onnx.ModelProto, checks: Plan, reference: dict[str, np.ndarray]
+              ) -> Iterator[tuple[dict[str, np.ndarray], list[tuple[str, str, str]]]]:
+    """The optimized model with the changed nodes' local copies and their magnitude twins added, for
+    the duration of the ``with`` (no copy of the weights). Yields the extra feeds and, for every anchor
+    to check, ``(anchor, local output, magnitude output)``."""
+    weights = {t.name: t for t in optimized.graph.initializer}
+    copies = _Copies({r for r in checks.reads if isinstance(reference.get(r), np.ndarray)}, weights)
+    for node in checks.changed:
+        copies.copy(node)
+    magnitudes = _Magnitudes(copies.producers, set(), weights)
+    compared = [(name, name + _LOCAL, magnitudes.of(name + _LOCAL))
+                for name in checks.writes if isinstance(reference.get(name), np.ndarray)]
+    feeds = {name + _REF: reference[name] for name in copies.fed}
+    inputs = [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(value.dtype), value.shape)
+              for name, value in feeds.items()]
+    outputs = [o for c in compared for o in c[1:]]
+    with _added(optimized, copies.nodes + magnitudes.nodes, magnitudes.initializers, inputs, outputs):
+        yield feeds, compared
+
+
+@contextmanager
+def original_magnitudes(original: onnx.ModelProto, checks: Plan, anchors: list[str]) -> Iterator[dict[str, str]]:
+    """The original model with the magnitude twins of the nodes the rewrites replaced, for the duration
+    of the ``with``: yields, for each of ``anchors``, the name of its magnitude output.
+
+    The original's own sums round too, relative to *their* terms: branches whose
+    kernels or biases cancel in the merged layer still add large terms here.
+    """
+    producers = {o: n for n in checks.removed for o in n.output if o}
+    weights = {t.name: t for t in original.graph.initializer}
+    magnitudes = _Magnitudes(producers, set(checks.reads), weights)
+    names = {name: magnitudes.of(name, computed=True) for name in anchors if name in producers}
+    outputs = list(dict.fromkeys(names.values()))
+    with _added(original, magnitudes.nodes, magnitudes.initializers, [], outputs):
+        yield names
+
+
+@contextmanager
+def _added(model: onnx.ModelProto, nodes, initializers, inputs, outputs) -> Iterator[None]:
+    """``model`` with these nodes, initializers, inputs and outputs appended, for a moment."""
+    graph = model.graph
+    marks = (len(graph.node), len(graph.initializer), len(graph.input), len(graph.output))
+    graph.node.extend(nodes)
+    graph.initializer.extend(initializers)
+    graph.input.extend(inputs)
+    graph.output.extend(helper.make_empty_tensor_value_info(o) for o in outputs)
+    try:
+        yield
+    finally:
+        del graph.node[marks[0]:], graph.initializer[marks[1]:], graph.input[marks[2]:]
+        del graph.output[marks[3]:]
+
+
+class _Copies:
+    """The local copies of the changed nodes: anchors read from new inputs, outputs renamed."""
+
+    def __init__(self, reads: set[str], weights: dict[str, TensorProto]):
+        self.reads, self.weights = reads, weights
+        self.producers: dict[str, onnx.NodeProto] = {}
+        self.nodes: list[onnx.NodeProto] = []
+        self.fed: list[str] = []
+
+    def local(self, name: str) -> str:
+        """What a local copy reads for ``name``: the original's value, a weight, or another copy's output."""
+        if not name or name in self.weights:
+            return name
+        if name in self.reads:
+            if name not in self.fed:
+                self.fed.append(name)
+            return name + _REF
+        return name + _LOCAL if name + _LOCAL in self.producers else name
+
+    def copy(self, node: onnx.NodeProto) -> None:
+        clone = onnx.NodeProto()
+        clone.CopyFrom(node)
+        clone.name = node.name + _LOCAL
+        clone.ClearField("input")
+        clone.input.extend(self.local(i) for i in node.input)
+        clone.ClearField("output")
+        clone.output.extend(o + _LOCAL if o else "" for o in node.output)
+        for output in clone.output:
+            self.producers[output] = clone
+        self.nodes.append(clone)
+
+
+class _Magnitudes:
+    """Magnitude twins: for a tensor, a float32 tensor bounding element by element the magnitudes
+    rounding acts on when it is computed from ``stops`` (and tensors no producer here writes)."""
+
+    def __init__(self, producers: dict[str, onnx.NodeProto], stops: set[str], weights: dict[str, TensorProto]):
+        self.producers, self.stops, self.weights = producers, stops, weights
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[TensorProto] = []
+        self.memo: dict[str, str] = {}
+
+    def of(self, name: str, computed: bool = False) -> str:
+        """``computed``: the tensor's own producer counts even if it is a stop (a rewritten tensor
+        that a later rewrite reads: its magnitude is that of its computation, not of its value)."""
+        if computed and name in self.stops:
+            return self._twin(name, computed)
+        if name not in self.memo:
+            self.memo[name] = self._twin(name)
+        return self.memo[name]
+
+    def _twin(self, name: str, computed: bool = False) -> str:
+        node = self.producers.get(name) if computed or name not in self.stops else None
+        if node is None or node.domain not in ("", "ai.onnx"):
+            return self._abs(name)
+        if node.op_type == "BatchNormalization":
+            return self._batchnorm(node, name)
+        if node.op_type not in _LINEAR and node.op_type not in _PASS_THROUGH:
+            return self._abs(name)  # an op we do not model: its value's own magnitude
+        position = list(node.output).index(name)
+        data = _PASS_THROUGH.get(node.op_type)
+        inputs = [self.of(i) if i and (data is None or k in data) else i for k, i in enumerate(node.input)]
+        outputs = [o + _MAG if o else "" for o in node.output]
+        twin = helper.make_node(_LINEAR.get(node.op_type, node.op_type), inputs, outputs, name=node.name + _MAG)
+        if node.op_type not in ("Sub", "Neg"):
+            twin.attribute.extend(node.attribute)
+        if node.op_type == "Gemm":
+            _abs_attributes(twin, ("alpha", "beta"))
+        self.nodes.append(twin)
+        for output in outputs if not computed else ():  # its siblings' magnitudes come with it
+            self.memo.setdefault(output.removesuffix(_MAG), output)
+        return outputs[position]
+
+    def _batchnorm(self, node: onnx.NodeProto, name: str) -> str:
+        """An inference BN is ``s·x + t``: its twin is ``|s|·|x| + |t|``, as a BN of zero mean, unit variance."""
+        params = [self.weights.get(i) for i in node.input[1:5]]
+        if name != node.output[0] or len(params) != 4 or any(p is None for p in params):
+            return self._abs(name)
+        scale, bias, mean, var = (numpy_helper.to_array(p).astype(np.float64) for p in params)
+        epsilon = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
+        s = scale / np.sqrt(var + epsilon)
+        t = bias - mean * s
+        twin_params = []
+        for suffix, value in (("scale", np.abs(s)), ("bias", np.abs(t)), ("mean", np.zeros_like(s)),
+                              ("var", np.full_like(s, 1.0 - epsilon))):
+            tensor = numpy_helper.from_array(value.astype(np.float32), f"{name}{_MAG}/{suffix}")
+            self.initializers.append(tensor)
+            twin_params.append(tensor.name)
+        output = name + _MAG
+        self.nodes.append(helper.make_node("BatchNormalization", [self.of(node.input[0]), *twin_params],
+                                           [output], name=node.name + _MAG, epsilon=epsilon))
+        return output
+
+    def _abs(self, name: str) -> str:
+        absolute = name + _ABS
+        self.nodes.append(helper.make_node("Abs", [name], [absolute + "/abs"], name=absolute + "/abs"))
+        self.nodes.append(helper.make_node("Cast", [absolute + "/abs"], [absolute], name=absolute,
+                                           to=TensorProto.FLOAT))
+        return absolute
+
+
+def _abs_attributes(node: onnx.NodeProto, names: tuple[str, ...]) -> None:
+    for attribute in node.attribute:
+        if attribute.name in names:
+            attribute.f = abs(attribute.f)
+
+
+def compare(anchor: str, reference: np.ndarray, local: np.ndarray, magnitude: np.ndarray) -> LocalCheck:
+    """``|local − reference| ≤ ROUNDING_FACTOR · u · magnitude`` everywhere (integers: equal).
+
+    ``magnitude``: the rewritten layer's, plus the original's where that was needed. Computed in
+    the tensors' own float type (float32 for float16): a difference of two close floats is exact.
+    """
+    if reference.shape != local.shape:
+        return LocalCheck(anchor, float("inf"), float("inf"), False)
+    if not np.issubdtype(reference.dtype, np.floating):
+        equal = bool(np.array_equal(reference, local))
+        return LocalCheck(anchor, 0.0 if equal else float("inf"), 0.0 if equal else float("inf"), equal)
+    work = np.float64 if reference.dtype == np.float64 else np.float32
+    ref, act = reference.astype(work, copy=False), local.astype(work, copy=False)
+    unit = UNIT_ROUNDOFF.get(reference.dtype, 2.0**-8)  # bfloat16 and narrower: 8 bits
+    allowed = np.broadcast_to(magnitude, ref.shape).astype(work) * work(ROUNDING_FACTOR * unit)
+    finite = np.isfinite(ref)
+    if not finite.all():
+        if not np.array_equal(ref[~finite], act[~finite], equal_nan=True):
+            return LocalCheck(anchor, float("inf"), float("inf"), False)
+        ref, act, allowed = ref[finite], act[finite], allowed[finite]
+    error = np.abs(act - ref)
+    # an element both sides compute exactly (a zero magnitude) must match exactly
+    ratio = np.divide(error, allowed, out=np.where(error > 0, np.inf, 0.0).astype(work), where=allowed > 0)
+    worst = float(ratio.max(initial=0.0))
+    return LocalCheck(anchor, float(error.max(initial=0.0)), worst, worst <= 1.0)

@@ -1,0 +1,232 @@
+"""Verification that knows float rounding: exact merges always pass, subtly wrong ones never do.
+
+Local checks evaluate each rewritten layer on the original's own inputs within
+a rounding bound from its magnitudes; the outputs are checked against the
+model's measured noise floor. A deep stack with random BatchNorm gains drifts
+far more than a fixed tolerance allows, and still nothing may roll back; five
+deliberately broken merges, each off by a small amount, must all be caught by
+the local checks (not by bisection) and rolled back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from deep_stack import mobileone_stack
+from helpers import altered_rule, histogram, random_feeds, run
+
+import onnxrep
+from onnxrep import api, lift, local_check
+from onnxrep.rules import RULES_BY_NAME
+from onnxrep.verify import perturbed_weights, verify
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+FOLD = RULES_BY_NAME["fold_conv_affine"]
+
+
+@pytest.fixture(scope="module", params=[np.float32, np.float16], ids=["float32", "float16"])
+def stack(request):
+    return mobileone_stack(blocks=32, dtype=request.param)
+
+
+def test_deep_stack_reaches_its_deploy_twin_with_nothing_rolled_back(stack):
+    train, deploy = stack
+    optimized, report = onnxrep.optimize(train)
+    assert report.verification.passed and report.dropped == [], report.format()
+    assert histogram(optimized) == histogram(deploy) == {"Conv": 32, "Relu": 32, "Identity": 1}
+    assert len(report.verification.local) == 32 and all(c.passed for c in report.verification.local)
+    # the merged weights equal the independently computed deploy weights (to the dtype's rounding)
+    tol = 2e-3 if train.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16 else 1e-5
+    feeds = random_feeds(train, seed=3)
+    want, got = run(deploy, feeds)[0], run(optimized, feeds)[0]
+    np.testing.assert_allclose(got.astype(np.float64), want, atol=tol * float(np.abs(want).max()))
+
+
+def test_deep_stack_deploy_twin_passes_the_output_check(stack):
+    """The author's own conversion must pass: the checker accepts what an exact conversion makes."""
+    train, deploy = stack
+    result = verify(train, deploy, local=False)
+    assert result.passed and not result.local
+
+
+def test_noise_floor_accepts_the_deploy_twin_and_rejects_a_wrong_one(stack, monkeypatch):
+    """Forced onto the noise floor (no allowance for the outputs' own rounding): the exact deploy
+    twin passes; the same twin with its last layer off by 10% does not. (An early layer off by 1%
+    may not show at all at the output of this stack: that is what the local checks are for.)"""
+    from onnxrep import verify as verification
+
+    monkeypatch.setattr(verification, "OUTPUT_ROUNDING", 0.0)
+    train, deploy = stack
+    result = verify(train, deploy, local=False)
+    assert result.passed and result.tolerance == "noise floor" and result.noise_floor > 0
+    wrong = onnx.ModelProto()
+    wrong.CopyFrom(deploy)
+    weight = [t for t in wrong.graph.initializer if len(t.dims) == 4][-1]
+    array = onnx.numpy_helper.to_array(weight) * 1.1
+    weight.CopyFrom(onnx.numpy_helper.from_array(array, weight.name))
+    assert not verify(train, wrong, local=False).passed
+
+
+def test_deep_stack_drifts_beyond_a_fixed_tolerance_but_passes():
+    """What the old fixed tolerance measured was float noise: drift deep in the stack exceeds
+    rtol=1e-6 while the noise floor accepts it."""
+    train, deploy = mobileone_stack(blocks=32)
+    strict = verify(train, deploy, local=False, rtol=1e-7, atol=1e-7)
+    assert not strict.passed and strict.tolerance == "rtol 1e-07, atol 1e-07"
+    assert verify(train, deploy, local=False).passed
+
+
+def _shift_tap(spec, _):
+    return replace(spec, weight=np.roll(spec.weight, 1, axis=-1))
+
+
+def _drop_one_bias(spec, _):
+    bias = spec.bias.copy()
+    bias[int(np.argmax(np.abs(bias)))] = 0.0
+    return replace(spec, bias=bias)
+
+
+def _zero_one_group(spec, _):
+    """The last group: in the deep stack, some channels are dead (negative everywhere before a Relu),
+    and a zeroed group reading one changes nothing any input can show (block 2's group 0 is one)."""
+    if spec.group == 1:
+        return spec
+    weight = spec.weight.copy()
+    weight[-(spec.out_channels // spec.group):] = 0.0
+    return replace(spec, weight=weight)
+
+
+def _transpose_asymmetric(spec, branches):
+    """Re-merge with every 1x3/3x1 branch embedded transposed (kh↔kw, pads swapped)."""
+    from onnxrep import spec as specs
+
+    def transposed(s):
+        if s.kernel_shape[0] == s.kernel_shape[1]:
+            return s
+        top, left, bottom, right = s.pads
+        return replace(s, weight=s.weight.swapaxes(-1, -2).copy(), pads=(left, top, right, bottom))
+    return specs.merge_parallel([transposed(b.spec) for b in branches])
+
+
+#: (the wrong merge, the model, how many of its merges it changes): the deep stack's 8 blocks are
+#: 4 depthwise 3x3 (grouped) and 4 pointwise 1x1 (where a shift along a width of 1 changes nothing);
+#: the ACNet sample's 4 blocks each have a 1x3 and a 3x1 branch.
+BROKEN = {
+    "tap shifted by one": (_shift_tap, "deep", 4),
+    "one output channel's bias dropped": (_drop_one_bias, "deep", 8),
+    "one group's kernel zeroed": (_zero_one_group, "deep", 4),
+    "3x1/1x3 kernel transposed": (_transpose_asymmetric, "acnet", 4),
+}
+
+
+def _model(kind: str) -> onnx.ModelProto:
+    return mobileone_stack(blocks=8)[0] if kind == "deep" else onnx.load(MODELS / "acnet.train.onnx")
+
+
+@pytest.mark.parametrize("what", list(BROKEN))
+def test_subtly_wrong_merges_are_caught_locally(what, monkeypatch):
+    alter, kind, wrong = BROKEN[what]
+    model = _model(kind)
+    _, clean = onnxrep.optimize(model, rules=(FOLD, RULES_BY_NAME["merge_parallel"]))
+    merges = clean.fired["merge_parallel"]
+    monkeypatch.setattr(api, "_first_failing", _no_bisection)
+    _, report = onnxrep.optimize(model, rules=(FOLD, altered_rule("broken", alter)))
+    assert report.verification.passed
+    assert len(report.dropped) == wrong and report.fired["broken"] == merges - wrong, report.format()
+    assert all("local check failed" in f.reason for f in report.dropped)
+
+
+def test_misapplied_bn_epsilon_is_caught_locally(monkeypatch):
+    """Every BatchNormalization lifted with ε = 1e-3 instead of its own 1e-5: a relative error of
+    ~5e-4 in each folded scale, found and rolled back by the local checks alone."""
+    model = _model("deep")
+    real = lift.batchnorm
+
+    def wrong_epsilon(node, ctx):
+        saved = node.attrs.get("epsilon", 1e-5)
+        node.attrs["epsilon"] = 1e-3
+        try:
+            return real(node, ctx)
+        finally:
+            node.attrs["epsilon"] = saved
+    monkeypatch.setattr(lift, "batchnorm", wrong_epsilon)
+    monkeypatch.setattr(api, "_first_failing", _no_bisection)
+    optimized, report = onnxrep.optimize(model)
+    assert report.verification.passed and report.dropped
+    assert all("local check failed" in f.reason for f in report.dropped)
+    assert histogram(optimized)["BatchNormalization"] == histogram(model)["BatchNormalization"]
+
+
+def _no_bisection(*args, **kwargs):
+    raise AssertionError("the local checks should have named the culprit")
+
+
+def test_bisection_still_finds_a_culprit_the_local_checks_cannot_see(monkeypatch):
+    """Without local checks (onnxruntime would not expose the tensors), the outputs and bisection
+    still find the one broken merge."""
+    monkeypatch.setattr(local_check, "plan", lambda original, optimized: local_check.Plan())
+    model = onnx.load(MODELS / "repvgg.train.onnx")
+    _, clean = onnxrep.optimize(model, check=False)
+    target = [out for rule, out in clean.applied if rule == "merge_parallel"][2]
+    _, report = onnxrep.optimize(model, rules=(FOLD, altered_rule("broken", _shift_tap, only=target)))
+    assert [(f.rule, f.where) for f in report.dropped] == [("broken", target)]
+    assert "outputs differ" in report.dropped[0].reason and report.verification.passed
+
+
+def test_report_states_both_checks():
+    _, report = onnxrep.optimize(MODELS / "repvgg.train.onnx")
+    line = report.format().splitlines()[-2]
+    assert "local max error" in line and "over 8 rewritten tensor(s)" in line and "within rounding" in line
+    data = report.to_dict()["verification"]
+    assert data["local"]["checked"] == 8 and data["local"]["failed"] == [] and data["tolerance"] == "rounding"
+
+
+def test_rtol_and_atol_override_the_noise_floor():
+    _, report = onnxrep.optimize(MODELS / "repvgg.train.onnx", rtol=1e-3, atol=1e-4)
+    assert report.verification.passed and report.verification.tolerance == "rtol 0.001, atol 0.0001"
+    assert "(rtol 0.001, atol 0.0001)" in report.format()
+
+
+def test_noise_run_perturbs_layer_weights_by_about_one_rounding():
+    model = onnx.load(MODELS / "repvgg.train.onnx")
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    perturbed = perturbed_weights(model, seed=0)
+    assert set(perturbed) == {n for n, w in weights.items() if w.dtype == np.float32}
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    weight = weights[conv.input[1]]
+    fan_in = int(np.prod(weight.shape[1:]))
+    relative = np.abs(perturbed[conv.input[1]] / weight - 1)
+    assert 0 < relative.max() <= 2.0**-24 * np.sqrt(fan_in) * 1.01 + 2.0**-23
+
+
+def test_noise_run_leaves_scalars_and_shape_constants_alone():
+    from onnxrep.testing import GraphBuilder
+
+    b = GraphBuilder(seed=1)
+    x = b.input("x", [1, 4, 8, 8])
+    y = b.conv(x, 4, 3)
+    y = b.op("Mul", y, b.constant(np.float32(0.5), "half"))
+    b.node("Reshape", [y, b.constant(np.array([1, -1], np.int64), "shape")], outputs=["y"])
+    b.output("y")
+    perturbed = perturbed_weights(b.model(), seed=0)
+    assert "half" not in perturbed and "shape" not in perturbed and len(perturbed) == 2
+
+
+def test_a_wrong_constant_fold_is_caught_where_it_happens():
+    """Tensors the original computes and the optimized model holds as constants are compared too."""
+    model = onnx.load(MODELS / "repvgg.train.onnx")
+    optimized, _ = onnxrep.optimize(model, check=False)
+    result = verify(model, optimized)
+    assert result.passed
+    # corrupt one folded weight's source: the conv's output is then locally wrong
+    conv = next(n for n in optimized.graph.node if n.op_type == "Conv")
+    weight = next(t for t in optimized.graph.initializer if t.name == conv.input[1])
+    array = onnx.numpy_helper.to_array(weight).copy()
+    array[0, 0, 1, 1] *= 1.001
+    weight.CopyFrom(onnx.numpy_helper.from_array(array, weight.name))
+    result = verify(model, optimized)
+    assert not result.passed and result.failing_tensors == [conv.output[0]]
