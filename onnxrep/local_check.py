@@ -169,35 +169,59 @@ def augmented(optimized: onnx.ModelProto, checks: Plan, reference: dict[str, np.
     the duration of the ``with`` (no copy of the weights). Yields the extra feeds and, for every anchor
     to check, ``(anchor, local output, magnitude output)``."""
     weights = {t.name: t for t in optimized.graph.initializer}
-    copies = _Copies({r for r in checks.reads if isinstance(reference.get(r), np.ndarray)}, weights)
-    for node in checks.changed:
-        copies.copy(node)
-    magnitudes = _Magnitudes(copies.producers, set(), weights)
+    copies, magnitudes = _local(checks.changed, checks.reads, weights, reference)
     compared = [(name, name + _LOCAL, magnitudes.of(name + _LOCAL))
                 for name in checks.writes if isinstance(reference.get(name), np.ndarray)]
-    feeds = {name + _REF: reference[name] for name in copies.fed}
-    inputs = [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(value.dtype), value.shape)
-              for name, value in feeds.items()]
+    feeds, inputs = copies.feeds(reference)
     outputs = [o for c in compared for o in c[1:]]
     with _added(optimized, copies.nodes + magnitudes.nodes, magnitudes.initializers, inputs, outputs):
         yield feeds, compared
 
 
-@contextmanager
-def original_magnitudes(original: onnx.ModelProto, checks: Plan, anchors: list[str]) -> Iterator[dict[str, str]]:
-    """The original model with the magnitude twins of the nodes the rewrites replaced, for the duration
-    of the ``with``: yields, for each of ``anchors``, the name of its magnitude output.
+def original_magnitudes(original: onnx.ModelProto, checks: Plan, anchors: list[str],
+                        reference: dict[str, np.ndarray]) -> tuple[onnx.ModelProto, dict, dict[str, str]]:
+    """A small model computing the magnitudes the original's own sums rounded for ``anchors``: the
+    original nodes that compute them (from the tensors the rewrites read, fed with their values) and
+    their magnitude twins. Returns the model, its feeds, and each anchor's output name.
 
-    The original's own sums round too, relative to *their* terms: branches whose
-    kernels or biases cancel in the merged layer still add large terms here.
+    The original's sums round relative to *their* terms: branches whose kernels or
+    biases cancel in the merged layer still add large terms here.
     """
-    producers = {o: n for n in checks.removed for o in n.output if o}
-    weights = {t.name: t for t in original.graph.initializer}
-    magnitudes = _Magnitudes(producers, set(checks.reads), weights)
-    names = {name: magnitudes.of(name, computed=True) for name in anchors if name in producers}
-    outputs = list(dict.fromkeys(names.values()))
-    with _added(original, magnitudes.nodes, magnitudes.initializers, [], outputs):
-        yield names
+    graph = original.graph
+    weights = {t.name: t for t in graph.initializer}
+    stops = set(checks.reads) | {i.name for i in graph.input}
+    region = _ancestors(graph, anchors, stops | set(weights))
+    copies, magnitudes = _local(region, stops, weights, reference)
+    names = {a: magnitudes.of(a + _LOCAL) for a in anchors if a + _LOCAL in copies.producers}
+    feeds, inputs = copies.feeds(reference)
+    used = {i for n in copies.nodes + magnitudes.nodes for i in n.input}
+    model_graph = helper.make_graph(
+        copies.nodes + magnitudes.nodes, "original_magnitudes", inputs,
+        [helper.make_empty_tensor_value_info(o) for o in dict.fromkeys(names.values())],
+        [weights[w] for w in used if w in weights] + magnitudes.initializers)
+    model = helper.make_model(model_graph, opset_imports=original.opset_import)
+    model.ir_version = original.ir_version
+    return model, feeds, names
+
+
+def _ancestors(graph: onnx.GraphProto, names: list[str], stops: set[str]) -> list[onnx.NodeProto]:
+    """The nodes that compute ``names`` from ``stops``, in graph order."""
+    producers = {o: k for k, n in enumerate(graph.node) for o in n.output if o}
+    wanted, todo = set(), [n for n in names if n in producers]
+    while todo:
+        index = producers[todo.pop()]
+        if index not in wanted:
+            wanted.add(index)
+            todo += [i for i in graph.node[index].input if i and i not in stops and i in producers]
+    return [graph.node[k] for k in sorted(wanted)]
+
+
+def _local(nodes, reads, weights, reference) -> tuple[_Copies, _Magnitudes]:
+    """Copies of ``nodes`` reading the ``reads`` that have reference values, and their twins."""
+    copies = _Copies({r for r in reads if isinstance(reference.get(r), np.ndarray)}, weights)
+    for node in nodes:
+        copies.copy(node)
+    return copies, _Magnitudes(copies.producers, weights)
 
 
 @contextmanager
@@ -247,28 +271,31 @@ class _Copies:
             self.producers[output] = clone
         self.nodes.append(clone)
 
+    def feeds(self, reference: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list]:
+        """The reference values the copies read, and the graph inputs that take them."""
+        feeds = {name + _REF: reference[name] for name in self.fed}
+        inputs = [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(value.dtype), value.shape)
+                  for name, value in feeds.items()]
+        return feeds, inputs
+
 
 class _Magnitudes:
     """Magnitude twins: for a tensor, a float32 tensor bounding element by element the magnitudes
-    rounding acts on when it is computed from ``stops`` (and tensors no producer here writes)."""
+    rounding acts on when ``producers`` compute it (what no producer here writes: its own |value|)."""
 
-    def __init__(self, producers: dict[str, onnx.NodeProto], stops: set[str], weights: dict[str, TensorProto]):
-        self.producers, self.stops, self.weights = producers, stops, weights
+    def __init__(self, producers: dict[str, onnx.NodeProto], weights: dict[str, TensorProto]):
+        self.producers, self.weights = producers, weights
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[TensorProto] = []
         self.memo: dict[str, str] = {}
 
-    def of(self, name: str, computed: bool = False) -> str:
-        """``computed``: the tensor's own producer counts even if it is a stop (a rewritten tensor
-        that a later rewrite reads: its magnitude is that of its computation, not of its value)."""
-        if computed and name in self.stops:
-            return self._twin(name, computed)
+    def of(self, name: str) -> str:
         if name not in self.memo:
             self.memo[name] = self._twin(name)
         return self.memo[name]
 
-    def _twin(self, name: str, computed: bool = False) -> str:
-        node = self.producers.get(name) if computed or name not in self.stops else None
+    def _twin(self, name: str) -> str:
+        node = self.producers.get(name)
         if node is None or node.domain not in ("", "ai.onnx"):
             return self._abs(name)
         if node.op_type == "BatchNormalization":
@@ -285,7 +312,7 @@ class _Magnitudes:
         if node.op_type == "Gemm":
             _abs_attributes(twin, ("alpha", "beta"))
         self.nodes.append(twin)
-        for output in outputs if not computed else ():  # its siblings' magnitudes come with it
+        for output in outputs:  # its siblings' magnitudes come with it
             self.memo.setdefault(output.removesuffix(_MAG), output)
         return outputs[position]
 

@@ -27,7 +27,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -219,8 +219,10 @@ def perturbed_weights(model: onnx.ModelProto, seed: int) -> dict[str, np.ndarray
         if array.dtype not in UNIT_ROUNDOFF or array.size == 0:
             continue
         relative = UNIT_ROUNDOFF[array.dtype] * np.sqrt(fan_ins[tensor.name])
-        factor = 1.0 + relative * rng.uniform(-1.0, 1.0, array.shape).astype(np.float32)
-        perturbed[tensor.name] = (array * factor).astype(array.dtype)
+        factor = rng.random(array.shape, dtype=np.float32)
+        factor *= np.float32(2 * relative)
+        factor += np.float32(1 - relative)  # uniform in [1 − relative, 1 + relative)
+        perturbed[tensor.name] = (array * factor).astype(array.dtype, copy=False)
     return perturbed
 
 
@@ -270,21 +272,22 @@ def verify(original: onnx.ModelProto, optimized: onnx.ModelProto, *,
     """
     start = time.perf_counter()
     checks = local_check.plan(original, optimized) if local else local_check.Plan()
-    with tempfile.TemporaryDirectory(prefix="onnxrep-verify-") as tmp_dir:
-        names, feeds, reference, skipped = _run_original(original, checks, input_shapes or {}, seed, tmp_dir)
+    with tempfile.TemporaryDirectory(prefix="onnxrep-verify-") as tmp_dir, ExitStack() as sources:
+        names, feeds, reference, skipped, source = _run_original(original, checks, input_shapes or {}, seed,
+                                                                 tmp_dir, sources)
         actual, computed, why = _run_optimized(optimized, checks, reference, feeds, names, tmp_dir)
         results = {a: local_check.compare(a, reference[a], value, magnitude)
                    for a, (value, magnitude) in computed.items()}
         failing = [a for a, c in results.items() if not c.passed]
         if failing:  # the original's own rounding may be larger: its branches can cancel in the merge
-            for anchor, magnitude in _original_magnitudes(original, checks, failing, feeds, tmp_dir).items():
+            for anchor, magnitude in _original_magnitudes(original, checks, failing, reference, feeds).items():
                 value, own = computed[anchor]
                 results[anchor] = local_check.compare(anchor, reference[anchor], value, own + magnitude)
         pairs = [(n, a) for n, a in zip(names, actual) if isinstance(reference[n], np.ndarray)]
         outputs = [compare(n, reference[n], a, None, rtol, atol) for n, a in pairs]
         tolerance = "rounding" if rtol is None and atol is None else f"rtol {rtol or 0:g}, atol {atol or 0:g}"
         if tolerance == "rounding" and not all(o.passed for o in outputs):
-            noise = _run_noise(original, feeds, names, seed, tmp_dir)
+            noise = _run_noise(original, source, feeds, names, seed)
             outputs, tolerance = [compare(n, reference[n], a, noise.get(n)) for n, a in pairs], "noise floor"
     skipped = skipped or why or (None if local else "not asked for")
     locals_ = (*results.values(), *_check_folded(optimized, checks, reference))
@@ -293,46 +296,47 @@ def verify(original: onnx.ModelProto, optimized: onnx.ModelProto, *,
                         tolerance, skipped)
 
 
-def _run_original(original, checks, input_shapes, seed, tmp_dir):
-    """The original's outputs and the tensors the local checks need, on the seeded inputs."""
+def _run_original(original, checks, input_shapes, seed, tmp_dir, sources: ExitStack):
+    """The original's outputs and the tensors the local checks need, on the seeded inputs; and what
+    its session was made from (the noise run reuses it)."""
     outputs = [o.name for o in original.graph.output]
     exposed = [n for n in checks.needed if n not in set(outputs)]
     skipped = None
     try:
-        with _exposing(original, exposed), _source(original, tmp_dir, "original") as source:
-            session = _session(source)
+        with _exposing(original, exposed):
+            source = sources.enter_context(_source(original, tmp_dir, "original"))
+        session = _session(source)
     except UnsupportedModel as error:  # an intermediate onnxruntime will not expose (a sequence, say)
         exposed, skipped = [], f"onnxruntime cannot expose the original's intermediate tensors ({error})"
-        with _source(original, tmp_dir, "original") as source:
-            session = _session(source)
+        source = sources.enter_context(_source(original, tmp_dir, "plain"))
+        session = _session(source)
     feeds = make_inputs(session, input_shapes, seed)
     try:
         values = session.run(outputs + exposed, feeds)
     except Exception as error:
         raise UnsupportedModel(f"onnxruntime cannot run the original model on inputs "
                                f"{_shapes(feeds)}: {_first_line(error)} (set --input-shape)") from None
-    return outputs, feeds, dict(zip(outputs + exposed, values)), skipped
+    return outputs, feeds, dict(zip(outputs + exposed, values)), skipped, source
 
 
-def _original_magnitudes(original, checks, anchors, feeds, tmp_dir) -> dict[str, np.ndarray]:
-    """The magnitudes the original's own sums rounded, for these rewritten tensors."""
-    with local_check.original_magnitudes(original, checks, anchors) as names, \
-            _source(original, tmp_dir, "magnitudes") as source:
-        session = _session(source)
+def _original_magnitudes(original, checks, anchors, reference, feeds) -> dict[str, np.ndarray]:
+    """The magnitudes the original's own sums rounded, for these rewritten tensors: a small model of
+    just the nodes that compute them, fed with the original's values."""
+    model, extra, names = local_check.original_magnitudes(original, checks, anchors, {**reference, **feeds})
+    session = _session(model.SerializeToString())
     wanted = list(dict.fromkeys(names.values()))
-    values = dict(zip(wanted, session.run(wanted, feeds)))
+    values = dict(zip(wanted, session.run(wanted, extra)))
     return {anchor: values[name] for anchor, name in names.items()}
 
 
-def _run_noise(original, feeds, names, seed, tmp_dir) -> dict[str, np.ndarray]:
+def _run_noise(original, source, feeds, names, seed) -> dict[str, np.ndarray]:
     """The original's outputs with every layer's weights perturbed by about one rounding."""
     weights = perturbed_weights(original, seed)
     options = _options()
     values = {name: ort.OrtValue.ortvalue_from_numpy(array) for name, array in weights.items()}
     for name, value in values.items():
         options.add_initializer(name, value)
-    with _source(original, tmp_dir, "noise") as source:
-        session = _session(source, options)
+    session = _session(source, options)
     return dict(zip(names, session.run(names, feeds)))
 
 

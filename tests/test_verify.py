@@ -230,3 +230,46 @@ def test_a_wrong_constant_fold_is_caught_where_it_happens():
     weight.CopyFrom(onnx.numpy_helper.from_array(array, weight.name))
     result = verify(model, optimized)
     assert not result.passed and result.failing_tensors == [conv.output[0]]
+
+
+def _cancelling_branches() -> onnx.ModelProto:
+    """A conv3x3-BN + conv1x1-BN block whose BN shifts (±~3) cancel to ~1e-6 in the merged bias,
+    reading a tensor that is zero on half the image: there both sides compute the bias alone."""
+    from onnxrep.testing import GraphBuilder
+
+    b = GraphBuilder(seed=4)
+    x = b.input("x", [1, 8, 12, 12])
+    mask = np.zeros((1, 1, 12, 12), np.float32)
+    mask[..., :6] = 1.0
+    masked = b.op("Mul", x, b.constant(mask, "mask"))
+    shifts = []
+    outs = []
+    for k in (3, 1):
+        conv = b.conv(masked, 8, k, bias=False)
+        gamma, beta, mean, var = b.bn_params(8)
+        scale = gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + 1e-5)
+        mean = np.full(8, 3.0, np.float32)
+        if shifts:  # the second branch's shift cancels the first's
+            beta = (-shifts[0] + mean * scale + 1e-6).astype(np.float32)
+        shifts.append(beta - mean * scale)
+        outs.append(b.node("BatchNormalization", [conv, *[b.constant(p) for p in (gamma, beta, mean, var)]],
+                           epsilon=1e-5))
+    b.node("Add", outs, outputs=["y"])
+    b.output("y")
+    return b.model()
+
+
+def test_cancelling_branches_are_checked_against_the_originals_own_magnitudes(monkeypatch):
+    """Stage 2: the merged layer's magnitudes alone are too small to bound the original's rounding
+    of terms that cancel; the original's magnitudes are computed and the exact merge is kept."""
+    from onnxrep import verify as verification
+
+    model = _cancelling_branches()
+    optimized, report = onnxrep.optimize(model)
+    assert report.verification.passed and report.dropped == [], report.format()
+    assert histogram(optimized) == {"Mul": 1, "Conv": 1}
+    # without the original's magnitudes, the same exact merge would be rolled back
+    monkeypatch.setattr(verification, "_original_magnitudes",
+                        lambda original, checks, anchors, reference, feeds: {a: 0.0 for a in anchors})
+    _, report = onnxrep.optimize(model)
+    assert [f.rule for f in report.dropped] == ["merge_parallel"]
