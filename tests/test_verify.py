@@ -273,3 +273,14 @@ def test_cancelling_branches_are_checked_against_the_originals_own_magnitudes(mo
                         lambda original, checks, anchors, reference, feeds: {a: 0.0 for a in anchors})
     _, report = onnxrep.optimize(model)
     assert [f.rule for f in report.dropped] == ["merge_parallel"]
+
+
+@pytest.mark.parametrize("what", ["tap shifted by one", "one output channel's bias dropped"])
+def test_subtly_wrong_merges_are_caught_locally_in_float16(what, monkeypatch):
+    """The same checks with float16's roundoff (2^-11): still far below a wrong term."""
+    alter, _, wrong = BROKEN[what]
+    model = mobileone_stack(blocks=8, dtype=np.float16)[0]
+    monkeypatch.setattr(api, "_first_failing", _no_bisection)
+    _, report = onnxrep.optimize(model, rules=(FOLD, altered_rule("broken", alter)))
+    assert report.verification.passed and len(report.dropped) == wrong, report.format()
+    assert all("local check failed" in f.reason for f in report.dropped)
