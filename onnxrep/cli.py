@@ -137,11 +137,32 @@ def _check_json_path(json_path, inputs, outputs=()) -> None:
         sys.exit(error.exit_code)
 
 
-def _batch_inputs(paths: tuple[str, ...]) -> list[Path]:
-    files = []
+def _batch_pairs(paths: tuple[str, ...], output_dir: Path, recursive: bool) -> list[tuple[Path, Path]]:
+    """(input, output) per file: a file given goes to OUTDIR/its name, a file found in a directory D to
+    OUTDIR/its path below D. Two inputs that would be written to one output are a usage error."""
+    pairs, taken = [], {}
     for path in map(Path, paths):
-        files += sorted(path.glob("*.onnx")) if path.is_dir() else [path]
-    return files
+        if path.is_dir():
+            found = path.rglob("*.onnx") if recursive else path.glob("*.onnx")
+            pairs += [(f, output_dir / f.relative_to(path)) for f in sorted(found)
+                      if f.is_file() and not _below(f, output_dir)]  # not the outputs of an earlier run
+        else:
+            pairs.append((path, output_dir / path.name))
+    unique = []
+    for source, target in pairs:
+        key = os.path.normcase(os.path.abspath(target))
+        if key in taken:
+            if io.same_path(taken[key], source):
+                continue  # the same file named twice
+            raise click.UsageError(f"{taken[key]} and {source} would both be written to {target}; rename one, "
+                                   "or pass their common directory with -r (paths below it are kept)")
+        taken[key] = source
+        unique.append((source, target))
+    return unique
+
+
+def _below(path: Path, directory: Path) -> bool:
+    return Path(os.path.abspath(directory)) in Path(os.path.abspath(path)).parents
 
 
 @main.command(name="optimize", epilog=EXIT_CODE_HELP)
@@ -149,6 +170,8 @@ def _batch_inputs(paths: tuple[str, ...]) -> list[Path]:
                 type=click.Path(path_type=str))
 @click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=str),
               help="Batch mode: optimize every IN (files, or directories of *.onnx) into OUTDIR.")
+@click.option("-r", "--recursive", is_flag=True,
+              help="Batch mode: also look for *.onnx below the directory INs, keeping their paths under OUTDIR.")
 @click.option("-j", "--jobs", type=click.IntRange(1), help="Batch mode: worker processes (default: CPUs).")
 @click.option("--force", is_flag=True, help="Allow OUT to be the same file as IN.")
 @click.option("--no-verify", is_flag=True, help="Skip the onnxruntime comparison.")
@@ -167,7 +190,7 @@ def _batch_inputs(paths: tuple[str, ...]) -> list[Path]:
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("-v", "--verbose", is_flag=True, help="List every refusal.")
 @click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
-def optimize_command(paths, output_dir, jobs, force, no_verify, rtol, atol, input_shapes, seed,
+def optimize_command(paths, output_dir, recursive, jobs, force, no_verify, rtol, atol, input_shapes, seed,
                      only, skip, external_data, json_path, quiet, verbose, debug) -> None:
     """Re-parameterize IN and write the verified result to OUT (or many INs into OUTDIR)."""
     try:
@@ -180,6 +203,8 @@ def optimize_command(paths, output_dir, jobs, force, no_verify, rtol, atol, inpu
     if output_dir is None:
         if len(paths) != 2:
             raise click.UsageError("give IN and OUT, or several INs with -o OUTDIR")
+        if recursive:
+            raise click.UsageError("-r applies to batch mode: give -o OUTDIR")
         _check_json_path(json_path, paths[:1], paths[1:])
         show = not quiet and sys.stderr.isatty()  # plain output, no control codes, in pipes and logs
         outcome = run_job(Job(paths[0], paths[1], progress=show, **options))
@@ -194,24 +219,46 @@ def optimize_command(paths, output_dir, jobs, force, no_verify, rtol, atol, inpu
         if not quiet:
             click.echo(f"wrote {paths[1]}")
         return
-    _run_batch(paths, Path(output_dir), jobs, options, json_path, quiet)
+    _run_batch(paths, Path(output_dir), recursive, jobs, options, json_path, quiet)
 
 
-def _run_batch(paths, output_dir: Path, jobs, options, json_path, quiet) -> None:
-    inputs = _batch_inputs(paths)
-    if not inputs:
-        raise click.UsageError("no .onnx files among the inputs")
-    if not output_dir.is_dir():
-        click.echo(f"onnxrep: error: {output_dir}: directory does not exist", err=True)
-        sys.exit(8)
-    batch = [Job(str(p), str(output_dir / p.name), **options) for p in inputs]
+def _run_batch(paths, output_dir: Path, recursive, jobs, options, json_path, quiet) -> None:
+    pairs = _batch_pairs(paths, output_dir, recursive)
+    if not pairs:
+        raise click.UsageError("no .onnx files among the inputs" + ("" if recursive else " (-r looks below)"))
+    batch = [Job(str(source), str(target), **options) for source, target in pairs]
     _check_json_path(json_path, [j.input_path for j in batch], [j.output_path for j in batch])
+    try:
+        for directory in sorted({target.parent for _, target in pairs}):
+            directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        click.echo(f"onnxrep: error: {error.filename}: cannot create the directory: {error.strerror}", err=True)
+        sys.exit(8)
     workers = min(jobs or os.cpu_count() or 1, len(batch))
     if workers == 1:
         outcomes = [run_job(job) for job in batch]
     else:  # spawn: onnxruntime's threads do not survive a fork
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             outcomes = list(pool.map(run_job, batch))
+    _print_summary(outcomes, output_dir, quiet)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump([{"input": o.job.input_path, "output": o.job.output_path, "exit_code": o.code,
+                        "error": o.error, "report": o.report.to_dict() if o.report else None}
+                       for o in outcomes], f, indent=2)
+    if any(o.code for o in outcomes):
+        sys.exit(10)
+
+
+def _print_summary(outcomes: list[Outcome], output_dir: Path, quiet: bool) -> None:
+    """A table of every file and a count, all on stdout; with -q, only the failures, on stderr."""
+    failed = [o for o in outcomes if o.code]
+    if quiet:
+        for o in failed:
+            click.echo(f"{o.job.input_path}: {o.error}", err=True)
+        if failed:
+            click.echo(f"{len(outcomes) - len(failed)} of {len(outcomes)} optimized into {output_dir}", err=True)
+        return
     rows = [("file", "nodes", "max error", "result")]
     for o in outcomes:
         r = o.report
@@ -219,21 +266,9 @@ def _run_batch(paths, output_dir: Path, jobs, options, json_path, quiet) -> None
         error = f"{r.verification.max_abs_error:.2g}" if r and r.verification else "-"
         rows.append((o.job.input_path, nodes, error, "ok" if o.code == 0 else f"exit {o.code}: {o.error}"))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    for row in rows if not quiet else ():
+    for row in rows:
         click.echo(("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[3]).rstrip())
-    for o in outcomes if quiet else ():
-        if o.code:
-            click.echo(f"{o.job.input_path}: {o.error}", err=True)
-    failed = sum(o.code != 0 for o in outcomes)
-    if not quiet or failed:
-        click.echo(f"{len(outcomes) - failed} of {len(outcomes)} optimized into {output_dir}", err=bool(failed))
-    if json_path:
-        with open(json_path, "w") as f:
-            json.dump([{"input": o.job.input_path, "output": o.job.output_path, "exit_code": o.code,
-                        "error": o.error, "report": o.report.to_dict() if o.report else None}
-                       for o in outcomes], f, indent=2)
-    if failed:
-        sys.exit(10)
+    click.echo(f"{len(outcomes) - len(failed)} of {len(outcomes)} optimized into {output_dir}")
 
 
 @main.command(name="inspect", epilog=EXIT_CODE_HELP)

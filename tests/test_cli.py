@@ -182,7 +182,7 @@ def test_batch_mode_with_one_bad_file(tmp_path):
     assert result.returncode == 10, result.stdout + result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["acnet.onnx", "repvgg.onnx"]
     assert "61 → 19" in result.stdout and "39 → 11" in result.stdout
-    assert "exit 4: onnxrep: error:" in result.stdout and "2 of 3 optimized" in result.stderr
+    assert "exit 4: onnxrep: error:" in result.stdout and "2 of 3 optimized" in result.stdout  # one stream
     report = json.loads((tmp_path / "batch.json").read_text())
     assert sorted(r["exit_code"] for r in report) == [0, 0, 4]
 
@@ -191,4 +191,39 @@ def test_batch_mode_all_good_and_usage_errors(tmp_path):
     result = onnxrep_cmd("optimize", MODELS / "acnet.train.onnx", "-o", tmp_path, "-q")
     assert result.returncode == 0 and result.stdout == "" and (tmp_path / "acnet.train.onnx").exists()
     assert onnxrep_cmd("optimize", MODELS / "acnet.train.onnx").returncode == 2
-    assert onnxrep_cmd("optimize", SAMPLE, "-o", tmp_path / "missing").returncode == 8
+    created = onnxrep_cmd("optimize", SAMPLE, "-o", tmp_path / "missing" / "deeper", "--no-verify")
+    assert created.returncode == 0 and (tmp_path / "missing" / "deeper" / SAMPLE.name).exists()
+    assert "1 of 1 optimized" in created.stdout and created.stderr == ""
+    (tmp_path / "file").write_text("x")
+    blocked = onnxrep_cmd("optimize", SAMPLE, "-o", tmp_path / "file" / "sub", "--no-verify")
+    assert blocked.returncode == 8 and blocked.stderr.count("\n") == 1 and "Traceback" not in blocked.stderr
+
+
+def test_batch_refuses_two_inputs_for_one_output_before_any_work(tmp_path):
+    for sub, model in (("a", "repvgg"), ("b", "acnet")):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "m.onnx").write_bytes((MODELS / f"{model}.train.onnx").read_bytes())
+    out = tmp_path / "out"
+    result = onnxrep_cmd("optimize", tmp_path / "a" / "m.onnx", tmp_path / "b" / "m.onnx", "-o", out)
+    assert result.returncode == 2 and "would both be written to" in result.stderr
+    assert not out.exists()  # refused before any work
+    same = onnxrep_cmd("optimize", tmp_path / "a" / "m.onnx", tmp_path / "a", "-o", out, "--no-verify")
+    assert same.returncode == 0 and "1 of 1 optimized" in same.stdout  # one file named twice is one file
+
+
+def test_batch_recursive_keeps_relative_paths(tmp_path):
+    tree = tmp_path / "tree"
+    (tree / "x").mkdir(parents=True)
+    (tree / "y").mkdir()
+    for sub, model in (("x", "repvgg"), ("y", "acnet")):
+        (tree / sub / "m.onnx").write_bytes((MODELS / f"{model}.train.onnx").read_bytes())
+    flat = onnxrep_cmd("optimize", tree, "-o", tmp_path / "flat")
+    assert flat.returncode == 2 and "-r" in flat.stderr
+    out = tree / "out"  # inside the tree: a second run must not take the first run's outputs as inputs
+    for _ in range(2):
+        result = onnxrep_cmd("optimize", tree, "-r", "-o", out, "-j", "1", "--no-verify")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "2 of 2 optimized" in result.stdout and result.stderr == ""
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.onnx")) == ["x/m.onnx", "y/m.onnx"]
+    assert len(onnx.load(out / "x" / "m.onnx").graph.node) == 19
+    assert onnxrep_cmd("optimize", SAMPLE, tmp_path / "o.onnx", "-r").returncode == 2
