@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from onnxrep import __version__, io
+from onnxrep import __version__, inputs, io
 from onnxrep.api import optimize, select_rules
 from onnxrep.errors import EXIT_CODES, OnnxrepError, OutputError, UnsupportedModel
 from onnxrep.report import Report
@@ -34,6 +34,27 @@ def _parse_shape(value: str) -> tuple[str, tuple[int, ...]]:
     except ValueError:
         raise click.BadParameter(f"{value!r}: expected NAME:DxDxD, e.g. input:1x3x224x224") from None
     return name, shape
+
+
+def _input_shapes(values: tuple[str, ...]) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    shapes = tuple(_parse_shape(v) for v in values)
+    names = [name for name, _ in shapes]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise click.BadParameter(f"{', '.join(twice)} given more than once", param_hint="'--input-shape'")
+    return shapes
+
+
+def _check_input_shapes(shapes, input_paths) -> None:
+    """Before any work: every --input-shape names an input of every model, with its rank and static dims."""
+    for path in input_paths if shapes else ():
+        model_inputs = inputs.graph_inputs(path)
+        if model_inputs is None:
+            continue  # not readable as a model: loading it says why, with its own exit code
+        problems = [p for p in (inputs.shape_problem(n, s, model_inputs) for n, s in shapes) if p]
+        if problems:
+            where = f"{path}: " if len(input_paths) > 1 else ""
+            raise click.BadParameter(where + "; ".join(problems), param_hint="'--input-shape'")
 
 
 @click.group(epilog=EXIT_CODE_HELP)
@@ -198,13 +219,14 @@ def optimize_command(paths, output_dir, recursive, jobs, force, no_verify, rtol,
     except ValueError as error:
         raise click.BadParameter(str(error)) from None
     options = dict(only=tuple(only), skip=tuple(skip), force=force, check=not no_verify,
-                   input_shapes=tuple(_parse_shape(s) for s in input_shapes), rtol=rtol, atol=atol,
+                   input_shapes=_input_shapes(input_shapes), rtol=rtol, atol=atol,
                    seed=seed, external_data=external_data, debug=debug)
     if output_dir is None:
         if len(paths) != 2:
             raise click.UsageError("give IN and OUT, or several INs with -o OUTDIR")
         if recursive:
             raise click.UsageError("-r applies to batch mode: give -o OUTDIR")
+        _check_input_shapes(options["input_shapes"], paths[:1])
         _check_json_path(json_path, paths[:1], paths[1:])
         show = not quiet and sys.stderr.isatty()  # plain output, no control codes, in pipes and logs
         outcome = run_job(Job(paths[0], paths[1], progress=show, **options))
@@ -226,6 +248,7 @@ def _run_batch(paths, output_dir: Path, recursive, jobs, options, json_path, qui
     pairs = _batch_pairs(paths, output_dir, recursive)
     if not pairs:
         raise click.UsageError("no .onnx files among the inputs" + ("" if recursive else " (-r looks below)"))
+    _check_input_shapes(options["input_shapes"], [str(source) for source, _ in pairs])
     batch = [Job(str(source), str(target), **options) for source, target in pairs]
     _check_json_path(json_path, [j.input_path for j in batch], [j.output_path for j in batch])
     try:

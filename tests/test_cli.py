@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
@@ -56,6 +57,36 @@ def test_input_shape_option(tmp_path):
     assert result.returncode == 0 and "input=4x3x32x32" in result.stdout
     bad = onnxrep_cmd("optimize", SAMPLE, tmp_path / "o.onnx", "--input-shape", "input:4xx")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("shapes, message", [
+    (["inp:1x3x32x32"], "the model has no input 'inp'; its inputs: input [N, 3, 32, 32]"),
+    (["input:1x3x32"], "input 'input' has 4 dims (input [N, 3, 32, 32]), not 3"),
+    (["input:1x3x64x32"], "its dim 2 is 32 (static)"),
+    (["input:1x3x32x32", "input:2x3x32x32"], "input given more than once"),
+])
+def test_input_shape_that_does_not_fit_is_a_usage_error(tmp_path, shapes, message):
+    args = [a for s in shapes for a in ("--input-shape", s)]
+    result = onnxrep_cmd("optimize", SAMPLE, tmp_path / "o.onnx", *args)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    batch = onnxrep_cmd("optimize", SAMPLE, MODELS / "acnet.train.onnx", "-o", tmp_path / "out", *args)
+    assert batch.returncode == 2 and message in batch.stderr
+    assert list(tmp_path.iterdir()) == []  # before any work
+
+
+def test_onnxruntime_rejecting_a_shape_keeps_its_detail(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "s"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+        [numpy_helper.from_array(np.array([2, 4], dtype=np.int64), "s")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "r.onnx")
+    result = onnxrep_cmd("optimize", tmp_path / "r.onnx", tmp_path / "o.onnx", "--input-shape", "x:3x8")
+    # (onnxruntime's session logs the failed run on stderr too, above our line: verify.py's log level)
+    last = result.stderr.splitlines()[-1]
+    assert result.returncode == 7 and last.startswith("onnxrep: error:"), result.stderr
+    assert "Input shape:{3,8}, requested shape:{2,4}" in last
 
 
 def test_unknown_rule_is_a_usage_error(tmp_path):
