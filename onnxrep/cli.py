@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import dataclasses
 import json
 import multiprocessing
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
+from click.utils import PacifyFlushWrapper
 
 from onnxrep import __version__, inputs, io
 from onnxrep.api import optimize, select_rules
@@ -57,7 +60,45 @@ def _check_input_shapes(shapes, input_paths) -> None:
             raise click.BadParameter(where + "; ".join(problems), param_hint="'--input-shape'")
 
 
-@click.group(epilog=EXIT_CODE_HELP)
+#: What the symbols onnxrep prints become on a stream that cannot encode them (a cp1252 console, a Windows pipe).
+ASCII = {"→": "->", "×": "x", "…": "...", "−": "-", "÷": "/", "√": "sqrt", "≤": "<=", "≥": ">=", "·": "*",
+         "²": "^2", "—": "-", "–": "-", "─": "-", "│": "|"}
+
+
+def _ascii_fallback(error: UnicodeError):
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    return "".join(ASCII.get(c, "?") for c in error.object[error.start:error.end]), error.end
+
+
+codecs.register_error("onnxrep-ascii", _ascii_fallback)
+
+
+def _plain_streams() -> None:
+    """Streams that cannot encode onnxrep's arrows and symbols print ASCII for them, never a traceback."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            "".join(ASCII).encode(stream.encoding or "ascii")
+        except (UnicodeEncodeError, LookupError):
+            with contextlib.suppress(AttributeError, ValueError):  # not a TextIOWrapper: left as it is
+                stream.reconfigure(errors="onnxrep-ascii")
+
+
+class Main(click.Group):
+    def main(self, *args, **kwargs):
+        """Set the streams up; a reader that closed our stdout (``| head``) ends the run quietly, exit 0."""
+        _plain_streams()
+        try:
+            return super().main(*args, **kwargs)
+        except SystemExit as done:
+            if not isinstance(sys.stdout, PacifyFlushWrapper):  # click's sign that stdout's pipe closed
+                raise
+            with contextlib.suppress(OSError):  # nothing more to write: the exit flush must not fail
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.__stdout__.fileno())
+            raise SystemExit(0) from done
+
+
+@click.group(cls=Main, epilog=EXIT_CODE_HELP)
 @click.version_option(__version__, prog_name="onnxrep")
 def main() -> None:
     """Structural re-parameterization of ONNX models: training-time branches → one Conv."""

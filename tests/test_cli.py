@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -258,3 +259,25 @@ def test_batch_recursive_keeps_relative_paths(tmp_path):
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*.onnx")) == ["x/m.onnx", "y/m.onnx"]
     assert len(onnx.load(out / "x" / "m.onnx").graph.node) == 19
     assert onnxrep_cmd("optimize", SAMPLE, tmp_path / "o.onnx", "-r").returncode == 2
+
+
+@pytest.mark.parametrize("args", [["--help"], ["rules"], ["inspect", SAMPLE], ["optimize", SAMPLE, "OUT"]])
+def test_a_terminal_that_cannot_encode_the_arrows_gets_ascii(tmp_path, args):
+    exe = shutil.which("onnxrep")
+    env = {**os.environ, "PYTHONIOENCODING": "cp1252"}
+    args = [str(tmp_path / "o.onnx") if a == "OUT" else str(a) for a in args]
+    result = subprocess.run([exe, *args], capture_output=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr.decode("cp1252")
+    out = result.stdout.decode("cp1252")
+    assert "Traceback" not in out and result.stderr == b""
+    assert "→" not in out and ("->" in out or args[0] == "optimize")  # (its report has no arrow)
+
+
+@pytest.mark.parametrize("args", [["rules"], ["inspect", Path(__file__).parent / "fixtures/torch/dbb.ts.train.onnx"],
+                                  ["--help"]])
+def test_a_closed_pipe_ends_quietly_with_0(args):
+    process = subprocess.Popen([shutil.which("onnxrep"), *map(str, args)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    process.stdout.close()  # the reader is gone before anything is written (`| head -0`)
+    stderr = process.stderr.read()
+    assert process.wait(timeout=120) == 0 and stderr == b""
