@@ -14,16 +14,19 @@ import traceback
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from click.utils import PacifyFlushWrapper
 
-from onnxrep import __version__, inputs, io
-from onnxrep.api import optimize, select_rules
+from onnxrep import __version__, inputs
 from onnxrep.errors import EXIT_CODES, OnnxrepError, OutputError, UnsupportedModel
-from onnxrep.report import Report
-from onnxrep.rules import DEFAULT_RULES
-from onnxrep.verify import DEFAULT_ATOL, DEFAULT_RTOL
+
+if TYPE_CHECKING:
+    from onnxrep.report import Report
+
+# onnx, onnxruntime and the rules are imported by the commands that use them: `--help` takes 0.1 s, not 1 s.
+DEFAULT_RTOL, DEFAULT_ATOL = 1e-4, 1e-5  # onnxrep.verify's, for --help (a test checks they agree)
 
 EXIT_CODE_HELP = "\b\nExit codes:\n" + "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES)
 
@@ -115,8 +118,8 @@ class Job:
     force: bool = False
     check: bool = True
     input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
-    rtol: float = DEFAULT_RTOL
-    atol: float = DEFAULT_ATOL
+    rtol: float | None = None  # None: the verification's default
+    atol: float | None = None
     seed: int = 0
     external_data: bool = False
     debug: bool = False
@@ -161,11 +164,15 @@ def run_job(job: Job) -> Outcome:
 
 
 def _run_job(job: Job, progress) -> Outcome:
+    from onnxrep import io
+    from onnxrep.api import optimize, select_rules
+
+    tolerances = {k: v for k, v in (("rtol", job.rtol), ("atol", job.atol)) if v is not None}
     try:
         output = io.check_output_path(job.output_path, job.input_path, job.force)
         model, report = optimize(job.input_path, rules=select_rules(job.only, job.skip), check=job.check,
-                                 input_shapes=dict(job.input_shapes), rtol=job.rtol, atol=job.atol,
-                                 seed=job.seed, progress=progress)
+                                 input_shapes=dict(job.input_shapes), seed=job.seed, progress=progress,
+                                 **tolerances)
         if progress is not None:
             progress("save")
         start = time.perf_counter()
@@ -189,6 +196,8 @@ def _check_json_path(json_path, inputs, outputs=()) -> None:
     """Before any work: --json FILE must be writable, and neither an input (it would be overwritten) nor OUT."""
     if not json_path:
         return
+    from onnxrep import io
+
     try:
         taken = [p for p in (*inputs, *outputs) if io.same_path(json_path, p)]
         if taken:
@@ -202,6 +211,8 @@ def _check_json_path(json_path, inputs, outputs=()) -> None:
 def _batch_pairs(paths: tuple[str, ...], output_dir: Path, recursive: bool) -> list[tuple[Path, Path]]:
     """(input, output) per file: a file given goes to OUTDIR/its name, a file found in a directory D to
     OUTDIR/its path below D. Two inputs that would be written to one output are a usage error."""
+    from onnxrep import io
+
     pairs, taken = [], {}
     for path in map(Path, paths):
         if path.is_dir():
@@ -237,10 +248,9 @@ def _below(path: Path, directory: Path) -> bool:
 @click.option("-j", "--jobs", type=click.IntRange(1), help="Batch mode: worker processes (default: CPUs).")
 @click.option("--force", is_flag=True, help="Allow OUT to be the same file as IN.")
 @click.option("--no-verify", is_flag=True, help="Skip the onnxruntime comparison.")
-@click.option("--rtol", type=float, default=DEFAULT_RTOL, show_default=True,
-              help="Relative tolerance of the verification.")
-@click.option("--atol", type=float, default=DEFAULT_ATOL, show_default=True,
-              help="Absolute tolerance, times the largest magnitude of each output.")
+@click.option("--rtol", type=float, help=f"Relative tolerance of the verification.  [default: {DEFAULT_RTOL:g}]")
+@click.option("--atol", type=float,
+              help=f"Absolute tolerance, times the largest magnitude of each output.  [default: {DEFAULT_ATOL:g}]")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:DxD..",
               help="Shape for an input with dynamic dims during verification (repeatable).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
@@ -255,6 +265,8 @@ def _below(path: Path, directory: Path) -> bool:
 def optimize_command(paths, output_dir, recursive, jobs, force, no_verify, rtol, atol, input_shapes, seed,
                      only, skip, external_data, json_path, quiet, verbose, debug) -> None:
     """Re-parameterize IN and write the verified result to OUT (or many INs into OUTDIR)."""
+    from onnxrep.api import select_rules
+
     try:
         select_rules(only, skip)
     except ValueError as error:
@@ -342,6 +354,8 @@ def _print_summary(outcomes: list[Outcome], output_dir: Path, quiet: bool) -> No
 @click.option("--json", "json_path", type=click.Path(path_type=str), help="Also write the findings as JSON.")
 def inspect_command(input_path, only, skip, json_path) -> None:
     """List what would be re-parameterized in IN, and what would not and why. Writes nothing."""
+    from onnxrep.api import optimize, select_rules
+
     try:
         rules = select_rules(only, skip)
     except ValueError as error:
@@ -369,6 +383,8 @@ def inspect_command(input_path, only, skip, json_path) -> None:
 @main.command(name="rules")
 def rules_command() -> None:
     """List the rules, in the order they run."""
+    from onnxrep.rules import DEFAULT_RULES
+
     width = max(len(r.name) for r in DEFAULT_RULES)
     for rule in DEFAULT_RULES:
         click.echo(f"{rule.name:<{width}}  {rule.summary}")

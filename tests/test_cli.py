@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 from helpers import broken_rule
 
+import onnxrep
 from onnxrep import api, cli
 from onnxrep.rules import RULES_BY_NAME
 
@@ -110,7 +111,7 @@ def test_python_dash_m(tmp_path):
 
 
 def test_rollback_writes_what_verifies(tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "select_rules", lambda only, skip: (RULES_BY_NAME["fold_conv_affine"], broken_rule()))
+    monkeypatch.setattr(api, "select_rules", lambda only, skip: (RULES_BY_NAME["fold_conv_affine"], broken_rule()))
     out = tmp_path / "out.onnx"
     result = CliRunner().invoke(cli.main, ["optimize", str(SAMPLE), str(out)])
     assert result.exit_code == 0, result.output
@@ -120,7 +121,7 @@ def test_rollback_writes_what_verifies(tmp_path, monkeypatch):
 
 
 def test_verification_failure_writes_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "select_rules", lambda only, skip: (RULES_BY_NAME["fold_conv_affine"], broken_rule()))
+    monkeypatch.setattr(api, "select_rules", lambda only, skip: (RULES_BY_NAME["fold_conv_affine"], broken_rule()))
     monkeypatch.setattr(api, "MAX_ROLLBACKS", 1)
     out = tmp_path / "out.onnx"
     result = CliRunner().invoke(cli.main, ["optimize", str(SAMPLE), str(out)])
@@ -133,7 +134,7 @@ def test_verification_failure_writes_nothing(tmp_path, monkeypatch):
 def test_internal_error_is_one_line(tmp_path, monkeypatch, flags):
     def explode(*args, **kwargs):
         raise RuntimeError("boom")
-    monkeypatch.setattr(cli, "optimize", explode)
+    monkeypatch.setattr(api, "optimize", explode)  # cli imports it when a command runs
     result = CliRunner().invoke(cli.main, ["optimize", str(SAMPLE), str(tmp_path / "o.onnx"), *flags])
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
@@ -281,3 +282,25 @@ def test_a_closed_pipe_ends_quietly_with_0(args):
     process.stdout.close()  # the reader is gone before anything is written (`| head -0`)
     stderr = process.stderr.read()
     assert process.wait(timeout=120) == 0 and stderr == b""
+
+
+def test_help_and_version_import_neither_onnx_nor_onnxruntime():
+    exe = shutil.which("python") or shutil.which("python3")
+    code = ("import sys, runpy; sys.argv = ['onnxrep', '{}']\n"
+            "try: runpy.run_module('onnxrep', run_name='__main__')\n"
+            "except SystemExit: pass\n"
+            "print(sorted(m for m in ('onnx', 'onnxruntime', 'numpy', 'onnx_graphsurgeon') if m in sys.modules))")
+    for args, imported in (("--version", "[]"), ("--help", "[]"),
+                           ("rules", "['numpy', 'onnx', 'onnx_graphsurgeon']")):  # the rules are what it lists
+        result = subprocess.run([exe, "-c", code.format(args)], capture_output=True, text=True, timeout=60)
+        assert result.stdout.splitlines()[-1] == imported, (args, result.stdout, result.stderr)
+    version = onnxrep_cmd("--version")
+    assert version.returncode == 0 and version.stdout.strip() == f"onnxrep, version {onnxrep.__version__}"
+
+
+def test_help_shows_the_verification_defaults():
+    from onnxrep import verify
+
+    assert (cli.DEFAULT_RTOL, cli.DEFAULT_ATOL) == (verify.DEFAULT_RTOL, verify.DEFAULT_ATOL)
+    text = onnxrep_cmd("optimize", "--help").stdout
+    assert f"[default: {verify.DEFAULT_RTOL:g}]" in text and f"[default: {verify.DEFAULT_ATOL:g}]" in text
