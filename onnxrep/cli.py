@@ -260,7 +260,7 @@ def _below(path: Path, directory: Path) -> bool:
               help="Store weights in OUT.data (automatic above 2 GB).")
 @click.option("--json", "json_path", type=click.Path(path_type=str), help="Also write the report as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
-@click.option("-v", "--verbose", is_flag=True, help="List every refusal.")
+@click.option("-v", "--verbose", is_flag=True, help="List every rewrite and every refusal.")
 @click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
 def optimize_command(paths, output_dir, recursive, jobs, force, no_verify, rtol, atol, input_shapes, seed,
                      only, skip, external_data, json_path, quiet, verbose, debug) -> None:
@@ -352,9 +352,11 @@ def _print_summary(outcomes: list[Outcome], output_dir: Path, quiet: bool) -> No
 @click.option("--only", multiple=True, metavar="RULE", help="Consider only this rule (repeatable).")
 @click.option("--skip", multiple=True, metavar="RULE", help="Do not consider this rule (repeatable).")
 @click.option("--json", "json_path", type=click.Path(path_type=str), help="Also write the findings as JSON.")
-def inspect_command(input_path, only, skip, json_path) -> None:
+@click.option("-v", "--verbose", is_flag=True, help="List every rewrite and every refusal, housekeeping too.")
+def inspect_command(input_path, only, skip, json_path, verbose) -> None:
     """List what would be re-parameterized in IN, and what would not and why. Writes nothing."""
     from onnxrep.api import optimize, select_rules
+    from onnxrep.report import refusal_lines
 
     try:
         rules = select_rules(only, skip)
@@ -367,15 +369,19 @@ def inspect_command(input_path, only, skip, json_path) -> None:
         click.echo(f"onnxrep: error: {error}", err=True)
         sys.exit(error.exit_code)
     click.echo(f"{input_path}: {report.before.nodes} nodes → {report.after.nodes} after re-parameterization")
+    for line in report.fired_lines():
+        click.echo(line)
     click.echo(f"would rewrite ({len(report.applied)}):")
-    for rule, tensor in report.applied:
-        click.echo(f"  {rule}: {tensor}")
-    click.echo(f"would leave as they are ({len(report.refusals)}):")
-    for finding in report.refusals:
-        click.echo(f"  {finding.rule}: {finding.where}: {finding.reason}")
+    for line in report.rewrite_lines(verbose):
+        click.echo(line)
+    by_reason = ", by reason; -v lists each" if len(report.refusals) > 1 and not verbose else ""
+    click.echo(f"would leave as they are ({len(report.refusals)}){by_reason}:")
+    for line in refusal_lines(report.refusals, verbose) + report.hints():
+        click.echo(line)
     if json_path:
         with open(json_path, "w") as f:
-            json.dump({"rewrites": [{"rule": r, "tensor": t} for r, t in report.applied],
+            json.dump({"rewrites": [{"rule": r, "tensor": t, "node": report.applied_at.get((r, t))}
+                                    for r, t in report.applied],
                        **{k: v for k, v in report.to_dict().items() if k in ("before", "after", "refusals")}},
                       f, indent=2)
 

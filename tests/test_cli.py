@@ -304,3 +304,50 @@ def test_help_shows_the_verification_defaults():
     assert (cli.DEFAULT_RTOL, cli.DEFAULT_ATOL) == (verify.DEFAULT_RTOL, verify.DEFAULT_ATOL)
     text = onnxrep_cmd("optimize", "--help").stdout
     assert f"[default: {verify.DEFAULT_RTOL:g}]" in text and f"[default: {verify.DEFAULT_ATOL:g}]" in text
+
+
+FIXTURES = Path(__file__).parent / "fixtures" / "torch"
+
+
+def test_inspect_on_a_big_model_counts_first_and_sums_up_housekeeping(tmp_path):
+    result = onnxrep_cmd("inspect", FIXTURES / "dbb.ts.train.onnx", "--json", tmp_path / "i.json")
+    lines = result.stdout.splitlines()
+    assert result.returncode == 0 and len(lines) < 25, result.stdout  # 1,284 lines before
+    assert lines[1] == "rules fired: fold_bias_pad ×5, fold_conv_affine ×2, fold_sequential ×3, merge_parallel ×6"
+    assert lines[2].startswith("housekeeping: fold_constants ×1265")
+    assert "  merge_parallel: /0/Add_2" in lines  # rewrites by node name, as refusals are
+    verbose = onnxrep_cmd("inspect", FIXTURES / "dbb.ts.train.onnx", "-v").stdout.splitlines()
+    assert len(verbose) > 1281 and sum(line.startswith("  fold_constants: ") for line in verbose) == 1265
+    rewrites = json.loads((tmp_path / "i.json").read_text())["rewrites"]
+    assert {"rule": "merge_parallel", "tensor": "/0/Add_2_output_0", "node": "/0/Add_2"} in rewrites
+
+
+def test_refusals_are_grouped_by_reason_unless_verbose(tmp_path):
+    for command in (["inspect"], ["optimize", "--no-verify"]):
+        args = [*command, FIXTURES / "repvit.ts.train.onnx", *([tmp_path / "o.onnx"] if len(command) > 1 else [])]
+        grouped = onnxrep_cmd(*args).stdout
+        assert "(6), by reason; -v lists each:" in grouped
+        assert "  fold_conv_affine ×2: the conv output is also read by …\n" in grouped
+        assert "  fold_sequential ×2: … closes a GELU" in grouped and ", and 1 more" in grouped
+        every = onnxrep_cmd(*args, "-v").stdout
+        assert every.count("closes a GELU") == 2
+        assert "/blocks/blocks.1/channel_mixer/channel_mixer.1/Mul_1 closes" in every
+    assert "  merge_parallel: /head/Add" in every  # optimize -v lists the rewrites too
+
+
+def test_nothing_fired_says_what_would_help(tmp_path):
+    from onnxrep.testing import GraphBuilder
+
+    b = GraphBuilder(seed=3)
+    x = b.input("x", ["N", 4, 8, 8])
+    b.output(b.bn(b.conv(x, 4, 3, pads=[1, 1, 1, 1])))
+    model = b.model()
+    model.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims)
+                             for t in model.graph.initializer)  # an IR 3 export: weights are graph inputs
+    onnx.save(model, tmp_path / "m.onnx")
+    result = onnxrep_cmd("optimize", tmp_path / "m.onnx", tmp_path / "o.onnx")
+    assert result.returncode == 0, result.stderr
+    assert "rules fired: none; 1 candidate(s) refused" in result.stdout
+    assert "hint: " in result.stdout and "keep_initializers_as_inputs=False" in result.stdout
+    deploy = onnxrep_cmd("optimize", MODELS / "repvgg.deploy.onnx", tmp_path / "d.onnx").stdout
+    assert "rules fired: none (no training-time branches found" in deploy and "hint" not in deploy
