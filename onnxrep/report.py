@@ -118,7 +118,8 @@ HINTS = (
     ("is not a constant", "weights computed at run time are not folded: export with do_constant_folding=True, "
                           "or run onnxsim/onnxslim first"),
     ("training mode", "BatchNormalization in training mode: call model.eval() before exporting"),
-    ("is shared with", "a weight read by several nodes is never edited in place: export without weight sharing"),
+    ("is shared with", "weights read by several nodes are not folded; exporters share equal initializers, "
+                       "as in a freshly initialized model's BatchNorms: export the trained weights"),
 )
 
 
