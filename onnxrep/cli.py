@@ -192,7 +192,7 @@ def _run_job(job: Job, progress) -> Outcome:
                                "(please report it; --debug shows the traceback)", None)
 
 
-def _check_json_path(json_path, inputs, outputs=()) -> None:
+def _check_json_path(json_path, inputs, outputs=(), option="--json") -> None:
     """Before any work: --json FILE must be writable, and neither an input (it would be overwritten) nor OUT."""
     if not json_path:
         return
@@ -204,7 +204,7 @@ def _check_json_path(json_path, inputs, outputs=()) -> None:
             raise OutputError(f"{json_path}: is also {'an input' if taken[0] in inputs else 'an output'}")
         io.check_output_path(json_path, None, force=False)
     except OnnxrepError as error:
-        click.echo(f"onnxrep: error: --json {error}", err=True)
+        click.echo(f"onnxrep: error: {option} {error}", err=True)
         sys.exit(error.exit_code)
 
 
@@ -259,11 +259,13 @@ def _below(path: Path, directory: Path) -> bool:
 @click.option("--external-data", is_flag=True,
               help="Store weights in OUT.data (automatic above 2 GB).")
 @click.option("--json", "json_path", type=click.Path(path_type=str), help="Also write the report as JSON.")
+@click.option("--html", "html_path", type=click.Path(path_type=str),
+              help="Also write a page drawing each rewritten block before and after (self-contained HTML).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("-v", "--verbose", is_flag=True, help="List every rewrite and every refusal.")
 @click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
 def optimize_command(paths, output_dir, recursive, jobs, force, no_verify, rtol, atol, input_shapes, seed,
-                     only, skip, external_data, json_path, quiet, verbose, debug) -> None:
+                     only, skip, external_data, json_path, html_path, quiet, verbose, debug) -> None:
     """Re-parameterize IN and write the verified result to OUT (or many INs into OUTDIR)."""
     from onnxrep.api import select_rules
 
@@ -274,27 +276,38 @@ def optimize_command(paths, output_dir, recursive, jobs, force, no_verify, rtol,
     options = dict(only=tuple(only), skip=tuple(skip), force=force, check=not no_verify,
                    input_shapes=_input_shapes(input_shapes), rtol=rtol, atol=atol,
                    seed=seed, external_data=external_data, debug=debug)
-    if output_dir is None:
-        if len(paths) != 2:
-            raise click.UsageError("give IN and OUT, or several INs with -o OUTDIR")
-        if recursive:
-            raise click.UsageError("-r applies to batch mode: give -o OUTDIR")
-        _check_input_shapes(options["input_shapes"], paths[:1])
-        _check_json_path(json_path, paths[:1], paths[1:])
-        show = not quiet and sys.stderr.isatty()  # plain output, no control codes, in pipes and logs
-        outcome = run_job(Job(paths[0], paths[1], progress=show, **options))
-        if outcome.report is not None and not quiet and (outcome.code == 0 or verbose or outcome.code == 9):
-            click.echo(outcome.report.format(verbose), err=outcome.code != 0)
-        if outcome.code:
-            click.echo(outcome.error, err=True)
-            sys.exit(outcome.code)
-        if json_path:
-            with open(json_path, "w") as f:
-                json.dump(outcome.report.to_dict(), f, indent=2)
-        if not quiet:
-            click.echo(f"wrote {paths[1]}")
+    if output_dir is not None:
+        if html_path:
+            raise click.UsageError("--html draws one model: give IN and OUT, or run inspect --html on each")
+        _run_batch(paths, Path(output_dir), recursive, jobs, options, json_path, quiet)
         return
-    _run_batch(paths, Path(output_dir), recursive, jobs, options, json_path, quiet)
+    if len(paths) != 2:
+        raise click.UsageError("give IN and OUT, or several INs with -o OUTDIR")
+    if recursive:
+        raise click.UsageError("-r applies to batch mode: give -o OUTDIR")
+    _run_single(*paths, options, json_path, html_path, quiet, verbose)
+
+
+def _run_single(input_path, output_path, options, json_path, html_path, quiet, verbose) -> None:
+    _check_input_shapes(options["input_shapes"], [input_path])
+    _check_json_path(json_path, [input_path], [output_path])
+    _check_json_path(html_path, [input_path], [output_path, *([json_path] if json_path else [])], "--html")
+    show = not quiet and sys.stderr.isatty()  # plain output, no control codes, in pipes and logs
+    outcome = run_job(Job(input_path, output_path, progress=show, **options))
+    if outcome.report is not None and not quiet and (outcome.code == 0 or verbose or outcome.code == 9):
+        click.echo(outcome.report.format(verbose), err=outcome.code != 0)
+    if outcome.code:
+        click.echo(outcome.error, err=True)
+        sys.exit(outcome.code)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(outcome.report.to_dict(), f, indent=2)
+    if html_path:
+        from onnxrep import io
+
+        _write_html(html_path, input_path, io.load_model(output_path), outcome.report)
+    if not quiet:
+        click.echo(f"wrote {output_path}")
 
 
 def _run_batch(paths, output_dir: Path, recursive, jobs, options, json_path, quiet) -> None:
@@ -352,8 +365,10 @@ def _print_summary(outcomes: list[Outcome], output_dir: Path, quiet: bool) -> No
 @click.option("--only", multiple=True, metavar="RULE", help="Consider only this rule (repeatable).")
 @click.option("--skip", multiple=True, metavar="RULE", help="Do not consider this rule (repeatable).")
 @click.option("--json", "json_path", type=click.Path(path_type=str), help="Also write the findings as JSON.")
+@click.option("--html", "html_path", type=click.Path(path_type=str),
+              help="Also write a page drawing each block that would be rewritten, before and after.")
 @click.option("-v", "--verbose", is_flag=True, help="List every rewrite and every refusal, housekeeping too.")
-def inspect_command(input_path, only, skip, json_path, verbose) -> None:
+def inspect_command(input_path, only, skip, json_path, html_path, verbose) -> None:
     """List what would be re-parameterized in IN, and what would not and why. Writes nothing."""
     from onnxrep.api import optimize, select_rules
     from onnxrep.report import refusal_lines
@@ -363,8 +378,9 @@ def inspect_command(input_path, only, skip, json_path, verbose) -> None:
     except ValueError as error:
         raise click.BadParameter(str(error)) from None
     _check_json_path(json_path, [input_path])
+    _check_json_path(html_path, [input_path], [json_path] if json_path else [], "--html")
     try:
-        _, report = optimize(input_path, rules=rules, check=False)
+        optimized, report = optimize(input_path, rules=rules, check=False)
     except OnnxrepError as error:
         click.echo(f"onnxrep: error: {error}", err=True)
         sys.exit(error.exit_code)
@@ -384,6 +400,20 @@ def inspect_command(input_path, only, skip, json_path, verbose) -> None:
                                     for r, t in report.applied],
                        **{k: v for k, v in report.to_dict().items() if k in ("before", "after", "refusals")}},
                       f, indent=2)
+    if html_path:
+        _write_html(html_path, input_path, optimized, report)
+
+
+def _write_html(path: str, input_path: str, optimized, report) -> None:
+    from onnxrep import html, io
+
+    page = html.render(io.load_model(input_path), optimized, report, os.path.basename(input_path))
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(page)
+    except OSError as error:
+        click.echo(f"onnxrep: error: --html {path}: cannot write: {error.strerror}", err=True)
+        sys.exit(8)
 
 
 @main.command(name="rules")
