@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
-from click.utils import PacifyFlushWrapper
 
 from onnxrep import __version__, inputs
 from onnxrep.errors import EXIT_CODES, OnnxrepError, OutputError, UnsupportedModel
@@ -88,17 +87,29 @@ def _plain_streams() -> None:
 
 
 class Main(click.Group):
+    """The streams set up first; a reader that closed our stdout (``| head``) ends the run quietly, exit 0."""
+
     def main(self, *args, **kwargs):
-        """Set the streams up; a reader that closed our stdout (``| head``) ends the run quietly, exit 0."""
         _plain_streams()
-        try:
-            return super().main(*args, **kwargs)
-        except SystemExit as done:
-            if not isinstance(sys.stdout, PacifyFlushWrapper):  # click's sign that stdout's pipe closed
-                raise
-            with contextlib.suppress(OSError):  # nothing more to write: the exit flush must not fail
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.__stdout__.fileno())
-            raise SystemExit(0) from done
+        return super().main(*args, **kwargs)
+
+    def make_context(self, *args, **kwargs):  # where --help and --version print
+        with _quiet_on_closed_pipe():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx):
+        with _quiet_on_closed_pipe():
+            return super().invoke(ctx)
+
+
+@contextlib.contextmanager
+def _quiet_on_closed_pipe():
+    try:
+        yield
+    except BrokenPipeError:
+        with contextlib.suppress(OSError, ValueError):  # nothing more to write: the exit flush must not fail
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(0) from None
 
 
 @click.group(cls=Main, epilog=EXIT_CODE_HELP)
