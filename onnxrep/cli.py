@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import codecs
-import contextlib
 import dataclasses
 import json
 import multiprocessing
@@ -18,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from onnxrep import __version__, inputs
+from onnxrep import __version__, inputs, terminal
 from onnxrep.errors import EXIT_CODES, OnnxrepError, OutputError, UnsupportedModel
 
 if TYPE_CHECKING:
@@ -62,54 +60,20 @@ def _check_input_shapes(shapes, input_paths) -> None:
             raise click.BadParameter(where + "; ".join(problems), param_hint="'--input-shape'")
 
 
-#: What the symbols onnxrep prints become on a stream that cannot encode them (a cp1252 console, a Windows pipe).
-ASCII = {"→": "->", "×": "x", "…": "...", "−": "-", "÷": "/", "√": "sqrt", "≤": "<=", "≥": ">=", "·": "*",
-         "²": "^2", "—": "-", "–": "-", "─": "-", "│": "|"}
-
-
-def _ascii_fallback(error: UnicodeError):
-    if not isinstance(error, UnicodeEncodeError):
-        raise error
-    return "".join(ASCII.get(c, "?") for c in error.object[error.start:error.end]), error.end
-
-
-codecs.register_error("onnxrep-ascii", _ascii_fallback)
-
-
-def _plain_streams() -> None:
-    """Streams that cannot encode onnxrep's arrows and symbols print ASCII for them, never a traceback."""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            "".join(ASCII).encode(stream.encoding or "ascii")
-        except (UnicodeEncodeError, LookupError):
-            with contextlib.suppress(AttributeError, ValueError):  # not a TextIOWrapper: left as it is
-                stream.reconfigure(errors="onnxrep-ascii")
-
-
 class Main(click.Group):
     """The streams set up first; a reader that closed our stdout (``| head``) ends the run quietly, exit 0."""
 
     def main(self, *args, **kwargs):
-        _plain_streams()
+        terminal.plain_streams()
         return super().main(*args, **kwargs)
 
     def make_context(self, *args, **kwargs):  # where --help and --version print
-        with _quiet_on_closed_pipe():
+        with terminal.quiet_on_closed_pipe():
             return super().make_context(*args, **kwargs)
 
     def invoke(self, ctx):
-        with _quiet_on_closed_pipe():
+        with terminal.quiet_on_closed_pipe():
             return super().invoke(ctx)
-
-
-@contextlib.contextmanager
-def _quiet_on_closed_pipe():
-    try:
-        yield
-    except BrokenPipeError:
-        with contextlib.suppress(OSError, ValueError):  # nothing more to write: the exit flush must not fail
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise SystemExit(0) from None
 
 
 @click.group(cls=Main, epilog=EXIT_CODE_HELP)
@@ -145,28 +109,9 @@ class Outcome:
     report: Report | None
 
 
-class Progress:
-    """Steps and their times on one terminal line; only used when stderr is a terminal."""
-
-    def __init__(self) -> None:
-        self.start = self.step_start = time.perf_counter()
-        self.name = ""
-
-    def __call__(self, name: str) -> None:
-        now = time.perf_counter()
-        done = f"{self.name} {now - self.step_start:.1f}s, " if self.name else ""
-        self.line = getattr(self, "line", "") + done
-        self.name, self.step_start = name, now
-        click.echo(f"\r\x1b[2K{self.line}{name}…", nl=False, err=True)
-
-    def close(self) -> None:
-        if self.name:
-            click.echo("\r\x1b[2K", nl=False, err=True)
-
-
 def run_job(job: Job) -> Outcome:
     """Optimize one file; every failure becomes an exit code and one line, never an exception."""
-    progress = Progress() if job.progress else None
+    progress = terminal.Progress() if job.progress else None
     try:
         return _run_job(job, progress)
     finally:
