@@ -9,6 +9,7 @@ reached. Constant arithmetic (what ``fold_constants`` folds) is not drawn; it is
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from html import escape
 
 import onnx
@@ -32,10 +33,23 @@ def render(original: onnx.ModelProto, optimized: onnx.ModelProto, report: Report
         old, new = before.block(tensor, removed, stop), after.block(tensor, added, stop)
         inside = [(r, report.applied_at.get((r, t), t)) for r, t in dict.fromkeys(report.applied)
                   if t == tensor or t in old.tensors]
-        rules = [(r, where) for r, where in inside if r not in HOUSEKEEPING]
-        blocks.append((tensor, old, new, rules, Counter(r for r, _ in inside if r in HOUSEKEEPING), inside))
+        name = report.applied_at.get(next(((r, t) for r, t in reversed(report.applied) if t == tensor)), tensor)
+        blocks.append(_Rewritten(tensor, name, old, new, [(r, w) for r, w in inside if r not in HOUSEKEEPING],
+                                 Counter(r for r, _ in inside if r in HOUSEKEEPING)))
     house = Counter(r for r, _ in dict.fromkeys(report.applied) if r in HOUSEKEEPING)
     return _page(title, report, blocks, house)
+
+
+@dataclass
+class _Rewritten:
+    """One block: its output tensor, the node that names it, the drawings, the rewrites inside it."""
+
+    tensor: str
+    name: str
+    before: _Block
+    after: _Block
+    rules: list[tuple[str, str]]  # (rule, node), housekeeping aside
+    housekeeping: Counter
 
 
 class _Graph:
@@ -170,15 +184,14 @@ def _page(title: str, report: Report, blocks: list, house: Counter) -> str:
         out.append(f"<tr><th>nodes</th><th>{report.before.nodes}</th><th>{report.after.nodes}</th></tr></table>")
     out += [f"<p>{escape(line)}</p>" for line in report.fired_lines()]
     out.append(f"<h2>Rewritten blocks ({len(blocks)})</h2>")
-    for tensor, old, new, rules, house_here, inside in blocks:
-        hidden = f"<p>and {_nodes(old.hidden)} of constant arithmetic, not drawn</p>" if old.hidden else ""
-        also = "".join(f"; <code>{escape(r)}</code> ×{n}" for r, n in sorted(house_here.items()))
-        name = next((where for r, where in reversed(inside) if report.applied_at.get((r, tensor)) == where), tensor)
-        out.append(f"<h3 id=\"{escape(tensor, quote=True)}\">{escape(name)}</h3>"
-                   "<p class=rules>" + "; ".join(f"<code>{escape(r)}</code>: {escape(w)}" for r, w in rules)
-                   + f"{also}</p><div class=pair><div class=side><p>before: {_nodes(len(old.nodes))}</p>{hidden}"
-                   f"{old.svg()}</div><div class=arrow>→</div><div class=side><p>after: {_nodes(len(new.nodes))}"
-                   f"</p>{new.svg()}</div></div>")
+    for b in blocks:
+        hidden = f"<p>and {_nodes(b.before.hidden)} of constant arithmetic, not drawn</p>" if b.before.hidden else ""
+        also = "".join(f"; <code>{escape(r)}</code> ×{n}" for r, n in sorted(b.housekeeping.items()))
+        out.append(f"<h3 id=\"{escape(b.tensor, quote=True)}\">{escape(b.name)}</h3>"
+                   "<p class=rules>" + "; ".join(f"<code>{escape(r)}</code>: {escape(w)}" for r, w in b.rules)
+                   + f"{also}</p><div class=pair><div class=side><p>before: {_nodes(len(b.before.nodes))}</p>"
+                   f"{hidden}{b.before.svg()}</div><div class=arrow>→</div><div class=side><p>after: "
+                   f"{_nodes(len(b.after.nodes))}</p>{b.after.svg()}</div></div>")
     if house:
         out.append("<p class=note>Housekeeping, not drawn: "
                    + escape(", ".join(f"{r} ×{n}" for r, n in sorted(house.items()))) + "</p>")
