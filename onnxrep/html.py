@@ -14,7 +14,7 @@ from html import escape
 
 import onnx
 
-from onnxrep.report import HOUSEKEEPING, Report
+from onnxrep.report import HOUSEKEEPING, Report, tensor_of
 
 BOX_W, BOX_H, GAP_X, GAP_Y, MAX_DRAWN = 150, 34, 18, 30, 60
 SHORT = {"BatchNormalization": "BN", "GlobalAveragePool": "GlobalAvgPool", "AveragePool": "AvgPool"}
@@ -25,18 +25,18 @@ def render(original: onnx.ModelProto, optimized: onnx.ModelProto, report: Report
     before, after = _Graph(original), _Graph(optimized)
     removed = before.signatures - after.signatures
     added = after.signatures - before.signatures
-    anchors = [t for t in dict.fromkeys(t for r, t in report.applied if r not in HOUSEKEEPING)
+    applied = [(r, tensor_of(t), where) for (r, t), (_, where) in zip(report.applied, report.rewrites())]
+    anchors = [t for t in dict.fromkeys(t for r, t, _ in applied if r not in HOUSEKEEPING)
                if t in after.producer and t in before.producer]  # the others are inside a bigger block
     blocks = []
     for tensor in anchors:
         stop = set(anchors) - {tensor}  # the output of another block, read by this one
         old, new = before.block(tensor, removed, stop), after.block(tensor, added, stop)
-        inside = [(r, report.applied_at.get((r, t), t)) for r, t in dict.fromkeys(report.applied)
-                  if t == tensor or t in old.tensors]
-        name = report.applied_at.get(next(((r, t) for r, t in reversed(report.applied) if t == tensor)), tensor)
+        inside = list(dict.fromkeys((r, w) for r, t, w in applied if t == tensor or t in old.tensors))
+        name = next(w for r, t, w in reversed(applied) if t == tensor)
         blocks.append(_Rewritten(tensor, name, old, new, [(r, w) for r, w in inside if r not in HOUSEKEEPING],
                                  Counter(r for r, _ in inside if r in HOUSEKEEPING)))
-    house = Counter(r for r, _ in dict.fromkeys(report.applied) if r in HOUSEKEEPING)
+    house = Counter(r for r, _ in dict.fromkeys(report.rewrites()) if r in HOUSEKEEPING)
     return _page(title, report, blocks, house)
 
 

@@ -93,19 +93,29 @@ class Report:
     def rewrite_lines(self, verbose: bool = False) -> list[str]:
         """``  rule: node`` per rewrite, in order, named as refusals are; housekeeping summed unless verbose."""
         lines, house = [], Counter()
-        for rule, tensor in dict.fromkeys(self.applied):  # a join merged over two sweeps is one line
+        for rule, where in dict.fromkeys(self.rewrites()):  # a join merged over two sweeps is one line
             if rule in HOUSEKEEPING and not verbose:
                 house[rule] += 1
             else:
-                lines.append(f"  {rule}: {self.applied_at.get((rule, tensor), tensor)}")
+                lines.append(f"  {rule}: {where}")
         if house:
             lines.append(f"  housekeeping: {_counts(house)} (-v lists each)")
         return lines
+
+    def rewrites(self) -> list[tuple[str, str]]:
+        """(rule, node name) of each applied rewrite, in order: the node computing the rewritten tensor."""
+        return [(rule, self.applied_at.get((rule, tensor), tensor_of(tensor))) for rule, tensor in self.applied]
 
     def hints(self) -> list[str]:
         """What would let more rules fire, from the reasons of the refusals."""
         return [f"hint: {hint}" for marker, hint in HINTS
                 if any(marker in f.reason for f in (*self.refusals, *self.dropped))]
+
+
+def tensor_of(key: str) -> str:
+    """The tensor of an applied key's second half: ``name``, or ``name#N`` for a rule's N-th rewrite there."""
+    name, sep, count = key.rpartition("#")
+    return name if sep and count.isdigit() else key
 
 
 #: Rules that tidy what exporters leave rather than re-parameterize: summarized, not listed, unless -v.
