@@ -12,14 +12,17 @@ import traceback
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from onnxrep import __version__, io
-from onnxrep.api import optimize, select_rules
+from onnxrep import __version__, inputs, terminal
 from onnxrep.errors import EXIT_CODES, OnnxrepError, OutputError, UnsupportedModel
-from onnxrep.report import Report
-from onnxrep.rules import DEFAULT_RULES
+
+if TYPE_CHECKING:
+    from onnxrep.report import Report
+
+# onnx, onnxruntime and the rules are imported by the commands that use them: `--help` takes 0.1 s, not 1 s.
 
 EXIT_CODE_HELP = "\b\nExit codes:\n" + "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES)
 
@@ -35,7 +38,44 @@ def _parse_shape(value: str) -> tuple[str, tuple[int, ...]]:
     return name, shape
 
 
-@click.group(epilog=EXIT_CODE_HELP)
+def _input_shapes(values: tuple[str, ...]) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    shapes = tuple(_parse_shape(v) for v in values)
+    names = [name for name, _ in shapes]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise click.BadParameter(f"{', '.join(twice)} given more than once", param_hint="'--input-shape'")
+    return shapes
+
+
+def _check_input_shapes(shapes, input_paths) -> None:
+    """Before any work: every --input-shape names an input of every model, with its rank and static dims."""
+    for path in input_paths if shapes else ():
+        model_inputs = inputs.graph_inputs(path)
+        if model_inputs is None:
+            continue  # not readable as a model: loading it says why, with its own exit code
+        problems = [p for p in (inputs.shape_problem(n, s, model_inputs) for n, s in shapes) if p]
+        if problems:
+            where = f"{path}: " if len(input_paths) > 1 else ""
+            raise click.BadParameter(where + "; ".join(problems), param_hint="'--input-shape'")
+
+
+class Main(click.Group):
+    """The streams set up first; a reader that closed our stdout (``| head``) ends the run quietly, exit 0."""
+
+    def main(self, *args, **kwargs):
+        terminal.plain_streams()
+        return super().main(*args, **kwargs)
+
+    def make_context(self, *args, **kwargs):  # where --help and --version print
+        with terminal.quiet_on_closed_pipe():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx):
+        with terminal.quiet_on_closed_pipe():
+            return super().invoke(ctx)
+
+
+@click.group(cls=Main, epilog=EXIT_CODE_HELP)
 @click.version_option(__version__, prog_name="onnxrep")
 def main() -> None:
     """Structural re-parameterization of ONNX models: training-time branches → one Conv."""
@@ -52,7 +92,7 @@ class Job:
     force: bool = False
     check: bool = True
     input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
-    rtol: float | None = None
+    rtol: float | None = None  # None: the model's noise floor
     atol: float | None = None
     seed: int = 0
     external_data: bool = False
@@ -68,28 +108,9 @@ class Outcome:
     report: Report | None
 
 
-class Progress:
-    """Steps and their times on one terminal line; only used when stderr is a terminal."""
-
-    def __init__(self) -> None:
-        self.start = self.step_start = time.perf_counter()
-        self.name = ""
-
-    def __call__(self, name: str) -> None:
-        now = time.perf_counter()
-        done = f"{self.name} {now - self.step_start:.1f}s, " if self.name else ""
-        self.line = getattr(self, "line", "") + done
-        self.name, self.step_start = name, now
-        click.echo(f"\r\x1b[2K{self.line}{name}…", nl=False, err=True)
-
-    def close(self) -> None:
-        if self.name:
-            click.echo("\r\x1b[2K", nl=False, err=True)
-
-
 def run_job(job: Job) -> Outcome:
     """Optimize one file; every failure becomes an exit code and one line, never an exception."""
-    progress = Progress() if job.progress else None
+    progress = terminal.Progress() if job.progress else None
     try:
         return _run_job(job, progress)
     finally:
@@ -98,11 +119,15 @@ def run_job(job: Job) -> Outcome:
 
 
 def _run_job(job: Job, progress) -> Outcome:
+    from onnxrep import io
+    from onnxrep.api import optimize, select_rules
+
+    tolerances = {k: v for k, v in (("rtol", job.rtol), ("atol", job.atol)) if v is not None}
     try:
         output = io.check_output_path(job.output_path, job.input_path, job.force)
         model, report = optimize(job.input_path, rules=select_rules(job.only, job.skip), check=job.check,
-                                 input_shapes=dict(job.input_shapes), rtol=job.rtol, atol=job.atol,
-                                 seed=job.seed, progress=progress)
+                                 input_shapes=dict(job.input_shapes), seed=job.seed, progress=progress,
+                                 **tolerances)
         if progress is not None:
             progress("save")
         start = time.perf_counter()
@@ -122,25 +147,50 @@ def _run_job(job: Job, progress) -> Outcome:
                                "(please report it; --debug shows the traceback)", None)
 
 
-def _check_json_path(json_path, inputs, outputs=()) -> None:
+def _check_json_path(json_path, inputs, outputs=(), option="--json") -> None:
     """Before any work: --json FILE must be writable, and neither an input (it would be overwritten) nor OUT."""
     if not json_path:
         return
+    from onnxrep import io
+
     try:
         taken = [p for p in (*inputs, *outputs) if io.same_path(json_path, p)]
         if taken:
             raise OutputError(f"{json_path}: is also {'an input' if taken[0] in inputs else 'an output'}")
         io.check_output_path(json_path, None, force=False)
     except OnnxrepError as error:
-        click.echo(f"onnxrep: error: --json {error}", err=True)
+        click.echo(f"onnxrep: error: {option} {error}", err=True)
         sys.exit(error.exit_code)
 
 
-def _batch_inputs(paths: tuple[str, ...]) -> list[Path]:
-    files = []
+def _batch_pairs(paths: tuple[str, ...], output_dir: Path, recursive: bool) -> list[tuple[Path, Path]]:
+    """(input, output) per file: a file given goes to OUTDIR/its name, a file found in a directory D to
+    OUTDIR/its path below D. Two inputs that would be written to one output are a usage error."""
+    from onnxrep import io
+
+    pairs, taken = [], {}
     for path in map(Path, paths):
-        files += sorted(path.glob("*.onnx")) if path.is_dir() else [path]
-    return files
+        if path.is_dir():
+            found = path.rglob("*.onnx") if recursive else path.glob("*.onnx")
+            pairs += [(f, output_dir / f.relative_to(path)) for f in sorted(found)
+                      if f.is_file() and not _below(f, output_dir)]  # not the outputs of an earlier run
+        else:
+            pairs.append((path, output_dir / path.name))
+    unique = []
+    for source, target in pairs:
+        key = os.path.normcase(os.path.abspath(target))
+        if key in taken:
+            if io.same_path(taken[key], source):
+                continue  # the same file named twice
+            raise click.UsageError(f"{taken[key]} and {source} would both be written to {target}; rename one, "
+                                   "or pass their common directory with -r (paths below it are kept)")
+        taken[key] = source
+        unique.append((source, target))
+    return unique
+
+
+def _below(path: Path, directory: Path) -> bool:
+    return Path(os.path.abspath(directory)) in Path(os.path.abspath(path)).parents
 
 
 @main.command(name="optimize", epilog=EXIT_CODE_HELP)
@@ -148,6 +198,8 @@ def _batch_inputs(paths: tuple[str, ...]) -> list[Path]:
                 type=click.Path(path_type=str))
 @click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=str),
               help="Batch mode: optimize every IN (files, or directories of *.onnx) into OUTDIR.")
+@click.option("-r", "--recursive", is_flag=True,
+              help="Batch mode: also look for *.onnx below the directory INs, keeping their paths under OUTDIR.")
 @click.option("-j", "--jobs", type=click.IntRange(1), help="Batch mode: worker processes (default: CPUs).")
 @click.option("--force", is_flag=True, help="Allow OUT to be the same file as IN.")
 @click.option("--no-verify", is_flag=True, help="Skip the onnxruntime comparison.")
@@ -164,54 +216,95 @@ def _batch_inputs(paths: tuple[str, ...]) -> list[Path]:
 @click.option("--external-data", is_flag=True,
               help="Store weights in OUT.data (automatic above 2 GB).")
 @click.option("--json", "json_path", type=click.Path(path_type=str), help="Also write the report as JSON.")
+@click.option("--html", "html_path", type=click.Path(path_type=str),
+              help="Also write a page drawing each rewritten block before and after (self-contained HTML).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
-@click.option("-v", "--verbose", is_flag=True, help="List every refusal.")
+@click.option("-v", "--verbose", is_flag=True, help="List every rewrite and every refusal.")
 @click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
-def optimize_command(paths, output_dir, jobs, force, no_verify, rtol, atol, input_shapes, seed,
-                     only, skip, external_data, json_path, quiet, verbose, debug) -> None:
+def optimize_command(paths, output_dir, recursive, jobs, force, no_verify, rtol, atol, input_shapes, seed,
+                     only, skip, external_data, json_path, html_path, quiet, verbose, debug) -> None:
     """Re-parameterize IN and write the verified result to OUT (or many INs into OUTDIR)."""
+    from onnxrep.api import select_rules
+
     try:
         select_rules(only, skip)
     except ValueError as error:
         raise click.BadParameter(str(error)) from None
     options = dict(only=tuple(only), skip=tuple(skip), force=force, check=not no_verify,
-                   input_shapes=tuple(_parse_shape(s) for s in input_shapes), rtol=rtol, atol=atol,
+                   input_shapes=_input_shapes(input_shapes), rtol=rtol, atol=atol,
                    seed=seed, external_data=external_data, debug=debug)
-    if output_dir is None:
-        if len(paths) != 2:
-            raise click.UsageError("give IN and OUT, or several INs with -o OUTDIR")
-        _check_json_path(json_path, paths[:1], paths[1:])
-        show = not quiet and sys.stderr.isatty()  # plain output, no control codes, in pipes and logs
-        outcome = run_job(Job(paths[0], paths[1], progress=show, **options))
-        if outcome.report is not None and not quiet and (outcome.code == 0 or verbose or outcome.code == 9):
-            click.echo(outcome.report.format(verbose), err=outcome.code != 0)
-        if outcome.code:
-            click.echo(outcome.error, err=True)
-            sys.exit(outcome.code)
-        if json_path:
-            with open(json_path, "w") as f:
-                json.dump(outcome.report.to_dict(), f, indent=2)
-        if not quiet:
-            click.echo(f"wrote {paths[1]}")
+    if output_dir is not None:
+        if html_path:
+            raise click.UsageError("--html draws one model: give IN and OUT, or run inspect --html on each")
+        _run_batch(paths, Path(output_dir), recursive, jobs, options, json_path, quiet)
         return
-    _run_batch(paths, Path(output_dir), jobs, options, json_path, quiet)
+    if len(paths) != 2:
+        raise click.UsageError("give IN and OUT, or several INs with -o OUTDIR")
+    if recursive:
+        raise click.UsageError("-r applies to batch mode: give -o OUTDIR")
+    _run_single(*paths, options, json_path, html_path, quiet, verbose)
 
 
-def _run_batch(paths, output_dir: Path, jobs, options, json_path, quiet) -> None:
-    inputs = _batch_inputs(paths)
-    if not inputs:
-        raise click.UsageError("no .onnx files among the inputs")
-    if not output_dir.is_dir():
-        click.echo(f"onnxrep: error: {output_dir}: directory does not exist", err=True)
-        sys.exit(8)
-    batch = [Job(str(p), str(output_dir / p.name), **options) for p in inputs]
+def _run_single(input_path, output_path, options, json_path, html_path, quiet, verbose) -> None:
+    _check_input_shapes(options["input_shapes"], [input_path])
+    _check_json_path(json_path, [input_path], [output_path])
+    _check_json_path(html_path, [input_path], [output_path, *([json_path] if json_path else [])], "--html")
+    show = not quiet and sys.stderr.isatty()  # plain output, no control codes, in pipes and logs
+    outcome = run_job(Job(input_path, output_path, progress=show, **options))
+    if outcome.report is not None and not quiet and (outcome.code == 0 or verbose or outcome.code == 9):
+        click.echo(outcome.report.format(verbose), err=outcome.code != 0)
+    if outcome.code:
+        click.echo(outcome.error, err=True)
+        sys.exit(outcome.code)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(outcome.report.to_dict(), f, indent=2)
+    if html_path:
+        from onnxrep import io
+
+        _write_html(html_path, input_path, io.load_model(output_path), outcome.report)
+    if not quiet:
+        click.echo(f"wrote {output_path}")
+
+
+def _run_batch(paths, output_dir: Path, recursive, jobs, options, json_path, quiet) -> None:
+    pairs = _batch_pairs(paths, output_dir, recursive)
+    if not pairs:
+        raise click.UsageError("no .onnx files among the inputs" + ("" if recursive else " (-r looks below)"))
+    _check_input_shapes(options["input_shapes"], [str(source) for source, _ in pairs])
+    batch = [Job(str(source), str(target), **options) for source, target in pairs]
     _check_json_path(json_path, [j.input_path for j in batch], [j.output_path for j in batch])
+    try:
+        for directory in sorted({target.parent for _, target in pairs}):
+            directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        click.echo(f"onnxrep: error: {error.filename}: cannot create the directory: {error.strerror}", err=True)
+        sys.exit(8)
     workers = min(jobs or os.cpu_count() or 1, len(batch))
     if workers == 1:
         outcomes = [run_job(job) for job in batch]
     else:  # spawn: onnxruntime's threads do not survive a fork
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             outcomes = list(pool.map(run_job, batch))
+    _print_summary(outcomes, output_dir, quiet)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump([{"input": o.job.input_path, "output": o.job.output_path, "exit_code": o.code,
+                        "error": o.error, "report": o.report.to_dict() if o.report else None}
+                       for o in outcomes], f, indent=2)
+    if any(o.code for o in outcomes):
+        sys.exit(10)
+
+
+def _print_summary(outcomes: list[Outcome], output_dir: Path, quiet: bool) -> None:
+    """A table of every file and a count, all on stdout; with -q, only the failures, on stderr."""
+    failed = [o for o in outcomes if o.code]
+    if quiet:
+        for o in failed:
+            click.echo(f"{o.job.input_path}: {o.error}", err=True)
+        if failed:
+            click.echo(f"{len(outcomes) - len(failed)} of {len(outcomes)} optimized into {output_dir}", err=True)
+        return
     rows = [("file", "nodes", "max error", "result")]
     for o in outcomes:
         r = o.report
@@ -219,21 +312,9 @@ def _run_batch(paths, output_dir: Path, jobs, options, json_path, quiet) -> None
         error = f"{r.verification.max_abs_error:.2g}" if r and r.verification else "-"
         rows.append((o.job.input_path, nodes, error, "ok" if o.code == 0 else f"exit {o.code}: {o.error}"))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    for row in rows if not quiet else ():
+    for row in rows:
         click.echo(("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[3]).rstrip())
-    for o in outcomes if quiet else ():
-        if o.code:
-            click.echo(f"{o.job.input_path}: {o.error}", err=True)
-    failed = sum(o.code != 0 for o in outcomes)
-    if not quiet or failed:
-        click.echo(f"{len(outcomes) - failed} of {len(outcomes)} optimized into {output_dir}", err=bool(failed))
-    if json_path:
-        with open(json_path, "w") as f:
-            json.dump([{"input": o.job.input_path, "output": o.job.output_path, "exit_code": o.code,
-                        "error": o.error, "report": o.report.to_dict() if o.report else None}
-                       for o in outcomes], f, indent=2)
-    if failed:
-        sys.exit(10)
+    click.echo(f"{len(outcomes) - len(failed)} of {len(outcomes)} optimized into {output_dir}")
 
 
 @main.command(name="inspect", epilog=EXIT_CODE_HELP)
@@ -241,35 +322,62 @@ def _run_batch(paths, output_dir: Path, jobs, options, json_path, quiet) -> None
 @click.option("--only", multiple=True, metavar="RULE", help="Consider only this rule (repeatable).")
 @click.option("--skip", multiple=True, metavar="RULE", help="Do not consider this rule (repeatable).")
 @click.option("--json", "json_path", type=click.Path(path_type=str), help="Also write the findings as JSON.")
-def inspect_command(input_path, only, skip, json_path) -> None:
+@click.option("--html", "html_path", type=click.Path(path_type=str),
+              help="Also write a page drawing each block that would be rewritten, before and after.")
+@click.option("-v", "--verbose", is_flag=True, help="List every rewrite and every refusal, housekeeping too.")
+def inspect_command(input_path, only, skip, json_path, html_path, verbose) -> None:
     """List what would be re-parameterized in IN, and what would not and why. Writes nothing."""
+    from onnxrep.api import optimize, select_rules
+    from onnxrep.report import refusal_lines
+
     try:
         rules = select_rules(only, skip)
     except ValueError as error:
         raise click.BadParameter(str(error)) from None
     _check_json_path(json_path, [input_path])
+    _check_json_path(html_path, [input_path], [json_path] if json_path else [], "--html")
     try:
-        _, report = optimize(input_path, rules=rules, check=False)
+        optimized, report = optimize(input_path, rules=rules, check=False)
     except OnnxrepError as error:
         click.echo(f"onnxrep: error: {error}", err=True)
         sys.exit(error.exit_code)
     click.echo(f"{input_path}: {report.before.nodes} nodes → {report.after.nodes} after re-parameterization")
+    for line in report.fired_lines():
+        click.echo(line)
     click.echo(f"would rewrite ({len(report.applied)}):")
-    for rule, tensor in report.applied:
-        click.echo(f"  {rule}: {tensor}")
-    click.echo(f"would leave as they are ({len(report.refusals)}):")
-    for finding in report.refusals:
-        click.echo(f"  {finding.rule}: {finding.where}: {finding.reason}")
+    for line in report.rewrite_lines(verbose):
+        click.echo(line)
+    by_reason = ", by reason; -v lists each" if len(report.refusals) > 1 and not verbose else ""
+    click.echo(f"would leave as they are ({len(report.refusals)}){by_reason}:")
+    for line in refusal_lines(report.refusals, verbose) + report.hints():
+        click.echo(line)
     if json_path:
         with open(json_path, "w") as f:
-            json.dump({"rewrites": [{"rule": r, "tensor": t} for r, t in report.applied],
+            json.dump({"rewrites": [{"rule": r, "tensor": t, "node": report.applied_at.get((r, t))}
+                                    for r, t in report.applied],
                        **{k: v for k, v in report.to_dict().items() if k in ("before", "after", "refusals")}},
                       f, indent=2)
+    if html_path:
+        _write_html(html_path, input_path, optimized, report)
+
+
+def _write_html(path: str, input_path: str, optimized, report) -> None:
+    from onnxrep import html, io
+
+    page = html.render(io.load_model(input_path), optimized, report, os.path.basename(input_path))
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(page)
+    except OSError as error:
+        click.echo(f"onnxrep: error: --html {path}: cannot write: {error.strerror}", err=True)
+        sys.exit(8)
 
 
 @main.command(name="rules")
 def rules_command() -> None:
     """List the rules, in the order they run."""
+    from onnxrep.rules import DEFAULT_RULES
+
     width = max(len(r.name) for r in DEFAULT_RULES)
     for rule in DEFAULT_RULES:
         click.echo(f"{rule.name:<{width}}  {rule.summary}")

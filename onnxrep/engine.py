@@ -54,6 +54,7 @@ def rewrite_graph(graph: gs.Graph, rules: Sequence[Rule], report: Report,
                     continue  # a safety net: rules match on the live graph, so this does not happen
                 touched |= ids
                 weights = [t for n in item.nodes for t in n.inputs if isinstance(t, gs.Constant)]
+                report.applied_at.setdefault(key, _producer_name(item))
                 rule.rewrite(ctx, item)
                 _release(weights, ctx)
                 report.fired[rule.name] += 1
@@ -64,6 +65,13 @@ def rewrite_graph(graph: gs.Graph, rules: Sequence[Rule], report: Report,
         if not changed:
             report.refusals = list(dict.fromkeys(findings))
             return
+
+
+def _producer_name(match) -> str:
+    """The name of the matched node that computes the rewritten tensor: how the report names a rewrite,
+    as refusals name nodes."""
+    node = next((n for n in match.nodes if any(t.name == match.output for t in n.outputs)), None)
+    return (node.name or node.op) if node is not None else match.output
 
 
 def _take_arrays(graph: gs.Graph) -> dict[str, np.ndarray]:

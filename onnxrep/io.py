@@ -336,7 +336,8 @@ def save_model(model: onnx.ModelProto, output: str | os.PathLike, external_data:
                 f.flush()
                 os.fsync(f.fileno())
         written = sum(p.stat().st_size for p in Path(tmp_dir).iterdir())
-        if external_data:
+        if external_data:  # onnx creates the data file 0600: it gets the mode of OUT, as any new file would
+            os.chmod(Path(tmp_dir) / data_name, _new_file_mode())
             _replace_keeping_old(Path(tmp_dir) / data_name, output.parent / data_name, Path(tmp_dir) / "old")
         try:
             os.replace(tmp_model, output)
@@ -349,6 +350,17 @@ def save_model(model: onnx.ModelProto, output: str | os.PathLike, external_data:
         raise OutputError(f"{output}: cannot write: {error.strerror or error}") from None
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _new_file_mode() -> int:
+    """The mode open() gives a new file: 0o666 less the umask (read from /proc where it can be)."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    mask = os.umask(0o022)  # elsewhere: set and restored at once
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def _replace_keeping_old(source: Path, target: Path, backup: Path) -> None:

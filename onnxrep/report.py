@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
@@ -40,6 +41,7 @@ class Report:
     sweeps: int = 0
     applied: list[tuple[str, str]] = field(default_factory=list)  # (rule, rewritten tensor), in order
     dropped: list[Finding] = field(default_factory=list)  # rewrites rolled back: verification failed
+    applied_at: dict[tuple[str, str], str] = field(default_factory=dict)  # applied key -> node name
 
     def to_dict(self) -> dict:
         return {
@@ -58,23 +60,112 @@ class Report:
         if self.before and self.after:
             lines += _comparison(self.before, self.after)
         lines.append("")
-        if self.fired:
-            lines.append("rules fired: " + ", ".join(f"{k} ×{v}" for k, v in sorted(self.fired.items())))
-        else:
-            lines.append("rules fired: none (nothing re-parameterizable found)")
+        lines += self.fired_lines(verbose)
         if self.dropped:
             lines.append(f"rolled back ({len(self.dropped)}), the output verifies without them:")
             lines += [f"  {f.rule}: {f.where}: {f.reason}" for f in self.dropped]
         if self.refusals:
-            lines.append(f"left as they were ({len(self.refusals)}):")
-            shown = self.refusals if verbose else self.refusals[:20]
-            lines += [f"  {f.rule}: {f.where}: {f.reason}" for f in shown]
-            if len(shown) < len(self.refusals):
-                lines.append(f"  … {len(self.refusals) - len(shown)} more (-v shows all)")
+            lines.append(f"left as they were ({len(self.refusals)}){_by_reason(self.refusals, verbose)}:")
+            lines += refusal_lines(self.refusals, verbose)
+        lines += self.hints()
         lines.append(_verification_line(self.verification))
         if self.seconds:
             lines.append("time: " + ", ".join(f"{k} {v:.2f}s" for k, v in self.seconds.items()))
         return "\n".join(lines)
+
+
+    def fired_lines(self, verbose: bool = False) -> list[str]:
+        """The count per rule, housekeeping apart; with ``verbose``, every rewrite by node name."""
+        main = {k: v for k, v in self.fired.items() if k not in HOUSEKEEPING}
+        house = {k: v for k, v in self.fired.items() if k in HOUSEKEEPING}
+        if main:
+            lines = ["rules fired: " + _counts(main)]
+        elif self.refusals:
+            lines = [f"rules fired: none; {len(self.refusals)} candidate(s) refused, each with its reason below"]
+        else:
+            lines = ["rules fired: none (no training-time branches found: a deploy graph already?)"]
+        if house:
+            lines.append(f"housekeeping: {_counts(house)} (constants and index arithmetic folded)")
+        if verbose:
+            lines += self.rewrite_lines(verbose=True)
+        return lines
+
+    def rewrite_lines(self, verbose: bool = False) -> list[str]:
+        """``  rule: node`` per rewrite, in order, named as refusals are; housekeeping summed unless verbose."""
+        lines, house = [], Counter()
+        for rule, where in dict.fromkeys(self.rewrites()):  # a join merged over two sweeps is one line
+            if rule in HOUSEKEEPING and not verbose:
+                house[rule] += 1
+            else:
+                lines.append(f"  {rule}: {where}")
+        if house:
+            lines.append(f"  housekeeping: {_counts(house)} (-v lists each)")
+        return lines
+
+    def rewrites(self) -> list[tuple[str, str]]:
+        """(rule, node name) of each applied rewrite, in order: the node computing the rewritten tensor."""
+        return [(rule, self.applied_at.get((rule, tensor), tensor_of(tensor))) for rule, tensor in self.applied]
+
+    def hints(self) -> list[str]:
+        """What would let more rules fire, from the reasons of the refusals."""
+        return [f"hint: {hint}" for marker, hint in HINTS
+                if any(marker in f.reason for f in (*self.refusals, *self.dropped))]
+
+
+def tensor_of(key: str) -> str:
+    """The tensor of an applied key's second half: ``name``, or ``name#N`` for a rule's N-th rewrite there."""
+    name, sep, count = key.rpartition("#")
+    return name if sep and count.isdigit() else key
+
+
+#: Rules that tidy what exporters leave rather than re-parameterize: summarized, not listed, unless -v.
+HOUSEKEEPING = ("fold_constants", "fold_whole_write")
+
+#: (a phrase of a refusal's reason, what would help).
+HINTS = (
+    ("is a graph input", "weights listed as graph inputs can be overridden at run time, so they are not folded: "
+                         "re-export with torch.onnx.export(..., keep_initializers_as_inputs=False)"),
+    ("is not a constant", "weights computed at run time are not folded: export with do_constant_folding=True, "
+                          "or run onnxsim/onnxslim first"),
+    ("training mode", "BatchNormalization in training mode: call model.eval() before exporting"),
+    ("is shared with", "weights read by several nodes are not folded; exporters share equal initializers, "
+                       "as in a freshly initialized model's BatchNorms: export the trained weights"),
+)
+
+
+def refusal_lines(refusals: list[Finding], verbose: bool = False) -> list[str]:
+    """Refusals grouped by rule and reason (names aside), most frequent first; ``verbose``: every one."""
+    if verbose:
+        return [f"  {f.rule}: {f.where}: {f.reason}" for f in refusals]
+    groups: dict[tuple[str, str], list[Finding]] = {}
+    for f in refusals:
+        groups.setdefault((f.rule, _NAME.sub(_elide, f.reason)), []).append(f)
+    lines = []
+    for (rule, reason), members in sorted(groups.items(), key=lambda g: -len(g[1])):
+        if len(members) == 1:
+            lines.append(f"  {rule}: {members[0].where}: {members[0].reason}")
+        else:
+            lines.append(f"  {rule} ×{len(members)}: {reason}")
+            lines.append(f"      at {members[0].where}, and {len(members) - 1} more")
+    return lines
+
+
+def _by_reason(refusals: list[Finding], verbose: bool) -> str:
+    return "" if verbose or len(refusals) < 2 else ", by reason; -v lists each"
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} ×{v}" for k, v in sorted(counts.items()))
+
+
+#: Node and tensor names in a reason ('quoted', or a word of 3+ characters with a digit or a slash, not a dtype):
+#: elided so that refusals that differ only in where they are group together.
+_NAME = re.compile(r"'[^']*'|(?<![\w/.])(?!(?:u?int|b?float|complex)\d+\b)"
+                   r"(?=[\w/.:-]*[\d/])[A-Za-z_/][\w/.:-]+[\w/]")
+
+
+def _elide(match: re.Match) -> str:
+    return "…" if len(match.group()) >= 3 else match.group()
 
 
 def _comparison(before: ModelStats, after: ModelStats) -> list[str]:

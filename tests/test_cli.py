@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
 from helpers import broken_rule
 
+import onnxrep
 from onnxrep import api, cli
 from onnxrep.rules import RULES_BY_NAME
 
@@ -58,6 +61,37 @@ def test_input_shape_option(tmp_path):
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
 
 
+@pytest.mark.parametrize("shapes, message", [
+    (["inp:1x3x32x32"], "the model has no input 'inp'; its inputs: input [N, 3, 32, 32]"),
+    (["input:1x3x32"], "input 'input' has 4 dims (input [N, 3, 32, 32]), not 3"),
+    (["input:1x3x64x32"], "its dim 2 is 32 (static)"),
+    (["input:1x3x32x32", "input:2x3x32x32"], "input given more than once"),
+])
+def test_input_shape_that_does_not_fit_is_a_usage_error(tmp_path, shapes, message):
+    args = [a for s in shapes for a in ("--input-shape", s)]
+    result = onnxrep_cmd("optimize", SAMPLE, tmp_path / "o.onnx", *args)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    if "no input" in message:  # batch mode checks every file the same way
+        batch = onnxrep_cmd("optimize", SAMPLE, MODELS / "acnet.train.onnx", "-o", tmp_path / "out", *args)
+        assert batch.returncode == 2 and message in batch.stderr
+    assert list(tmp_path.iterdir()) == []  # before any work
+
+
+def test_onnxruntime_rejecting_a_shape_keeps_its_detail(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "s"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+        [numpy_helper.from_array(np.array([2, 4], dtype=np.int64), "s")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "r.onnx")
+    result = onnxrep_cmd("optimize", tmp_path / "r.onnx", tmp_path / "o.onnx", "--input-shape", "x:3x8")
+    # (onnxruntime's session logs the failed run on stderr too, above our line: verify.py's log level)
+    last = result.stderr.splitlines()[-1]
+    assert result.returncode == 7 and last.startswith("onnxrep: error:"), result.stderr
+    assert "Input shape:{3,8}, requested shape:{2,4}" in last
+
+
 def test_unknown_rule_is_a_usage_error(tmp_path):
     result = onnxrep_cmd("optimize", SAMPLE, tmp_path / "o.onnx", "--only", "nope")
     assert result.returncode == 2 and "unknown rule" in result.stderr
@@ -78,7 +112,7 @@ def test_python_dash_m(tmp_path):
 
 
 def test_rollback_writes_what_verifies(tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "select_rules", lambda only, skip: (RULES_BY_NAME["fold_conv_affine"], broken_rule()))
+    monkeypatch.setattr(api, "select_rules", lambda only, skip: (RULES_BY_NAME["fold_conv_affine"], broken_rule()))
     out = tmp_path / "out.onnx"
     result = CliRunner().invoke(cli.main, ["optimize", str(SAMPLE), str(out)])
     assert result.exit_code == 0, result.output
@@ -88,7 +122,7 @@ def test_rollback_writes_what_verifies(tmp_path, monkeypatch):
 
 
 def test_verification_failure_writes_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "select_rules", lambda only, skip: (RULES_BY_NAME["fold_conv_affine"], broken_rule()))
+    monkeypatch.setattr(api, "select_rules", lambda only, skip: (RULES_BY_NAME["fold_conv_affine"], broken_rule()))
     monkeypatch.setattr(api, "MAX_ROLLBACK_ROUNDS", 0)
     out = tmp_path / "out.onnx"
     result = CliRunner().invoke(cli.main, ["optimize", str(SAMPLE), str(out)])
@@ -101,7 +135,7 @@ def test_verification_failure_writes_nothing(tmp_path, monkeypatch):
 def test_internal_error_is_one_line(tmp_path, monkeypatch, flags):
     def explode(*args, **kwargs):
         raise RuntimeError("boom")
-    monkeypatch.setattr(cli, "optimize", explode)
+    monkeypatch.setattr(api, "optimize", explode)  # cli imports it when a command runs
     result = CliRunner().invoke(cli.main, ["optimize", str(SAMPLE), str(tmp_path / "o.onnx"), *flags])
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
@@ -182,7 +216,7 @@ def test_batch_mode_with_one_bad_file(tmp_path):
     assert result.returncode == 10, result.stdout + result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["acnet.onnx", "repvgg.onnx"]
     assert "61 → 19" in result.stdout and "39 → 11" in result.stdout
-    assert "exit 4: onnxrep: error:" in result.stdout and "2 of 3 optimized" in result.stderr
+    assert "exit 4: onnxrep: error:" in result.stdout and "2 of 3 optimized" in result.stdout  # one stream
     report = json.loads((tmp_path / "batch.json").read_text())
     assert sorted(r["exit_code"] for r in report) == [0, 0, 4]
 
@@ -191,4 +225,127 @@ def test_batch_mode_all_good_and_usage_errors(tmp_path):
     result = onnxrep_cmd("optimize", MODELS / "acnet.train.onnx", "-o", tmp_path, "-q")
     assert result.returncode == 0 and result.stdout == "" and (tmp_path / "acnet.train.onnx").exists()
     assert onnxrep_cmd("optimize", MODELS / "acnet.train.onnx").returncode == 2
-    assert onnxrep_cmd("optimize", SAMPLE, "-o", tmp_path / "missing").returncode == 8
+    created = onnxrep_cmd("optimize", SAMPLE, "-o", tmp_path / "missing" / "deeper", "--no-verify")
+    assert created.returncode == 0 and (tmp_path / "missing" / "deeper" / SAMPLE.name).exists()
+    assert "1 of 1 optimized" in created.stdout and created.stderr == ""
+    (tmp_path / "file").write_text("x")
+    blocked = onnxrep_cmd("optimize", SAMPLE, "-o", tmp_path / "file" / "sub", "--no-verify")
+    assert blocked.returncode == 8 and blocked.stderr.count("\n") == 1 and "Traceback" not in blocked.stderr
+
+
+def test_batch_refuses_two_inputs_for_one_output_before_any_work(tmp_path):
+    for sub, model in (("a", "repvgg"), ("b", "acnet")):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "m.onnx").write_bytes((MODELS / f"{model}.train.onnx").read_bytes())
+    out = tmp_path / "out"
+    result = onnxrep_cmd("optimize", tmp_path / "a" / "m.onnx", tmp_path / "b" / "m.onnx", "-o", out)
+    assert result.returncode == 2 and "would both be written to" in result.stderr
+    assert not out.exists()  # refused before any work
+    same = onnxrep_cmd("optimize", tmp_path / "a" / "m.onnx", tmp_path / "a", "-o", out, "--no-verify")
+    assert same.returncode == 0 and "1 of 1 optimized" in same.stdout  # one file named twice is one file
+
+
+def test_batch_recursive_keeps_relative_paths(tmp_path):
+    tree = tmp_path / "tree"
+    (tree / "x").mkdir(parents=True)
+    (tree / "y").mkdir()
+    for sub, model in (("x", "repvgg"), ("y", "acnet")):
+        (tree / sub / "m.onnx").write_bytes((MODELS / f"{model}.train.onnx").read_bytes())
+    flat = onnxrep_cmd("optimize", tree, "-o", tmp_path / "flat")
+    assert flat.returncode == 2 and "-r" in flat.stderr
+    out = tree / "out"  # inside the tree: a second run must not take the first run's outputs as inputs
+    for _ in range(2):
+        result = onnxrep_cmd("optimize", tree, "-r", "-o", out, "-j", "1", "--no-verify")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "2 of 2 optimized" in result.stdout and result.stderr == ""
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.onnx")) == ["x/m.onnx", "y/m.onnx"]
+    assert len(onnx.load(out / "x" / "m.onnx").graph.node) == 19
+    assert onnxrep_cmd("optimize", SAMPLE, tmp_path / "o.onnx", "-r").returncode == 2
+
+
+@pytest.mark.parametrize("args", [["--help"], ["rules"], ["inspect", SAMPLE], ["optimize", SAMPLE, "OUT"]])
+def test_a_terminal_that_cannot_encode_the_arrows_gets_ascii(tmp_path, args):
+    exe = shutil.which("onnxrep")
+    env = {**os.environ, "PYTHONIOENCODING": "cp1252"}
+    args = [str(tmp_path / "o.onnx") if a == "OUT" else str(a) for a in args]
+    result = subprocess.run([exe, *args], capture_output=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr.decode("cp1252")
+    out = result.stdout.decode("cp1252")
+    assert "Traceback" not in out and result.stderr == b""
+    assert "→" not in out and ("->" in out or args[0] == "optimize")  # (its report has no arrow)
+
+
+@pytest.mark.parametrize("args", [["rules"], ["inspect", Path(__file__).parent / "fixtures/torch/dbb.ts.train.onnx"],
+                                  ["--help"]])
+def test_a_closed_pipe_ends_quietly_with_0(args):
+    process = subprocess.Popen([shutil.which("onnxrep"), *map(str, args)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    process.stdout.close()  # the reader is gone before anything is written (`| head -0`)
+    stderr = process.stderr.read()
+    assert process.wait(timeout=120) == 0 and stderr == b""
+
+
+def test_help_and_version_import_neither_onnx_nor_onnxruntime():
+    exe = shutil.which("python") or shutil.which("python3")
+    code = ("import sys, runpy; sys.argv = ['onnxrep', '{}']\n"
+            "try: runpy.run_module('onnxrep', run_name='__main__')\n"
+            "except SystemExit: pass\n"
+            "print(sorted(m for m in ('onnx', 'onnxruntime', 'numpy', 'onnx_graphsurgeon') if m in sys.modules))")
+    for args, imported in (("--version", "[]"), ("--help", "[]"),
+                           ("rules", "['numpy', 'onnx', 'onnx_graphsurgeon']")):  # the rules are what it lists
+        result = subprocess.run([exe, "-c", code.format(args)], capture_output=True, text=True, timeout=60)
+        assert result.stdout.splitlines()[-1] == imported, (args, result.stdout, result.stderr)
+    version = onnxrep_cmd("--version")
+    assert version.returncode == 0 and version.stdout.strip() == f"onnxrep, version {onnxrep.__version__}"
+
+
+def test_help_says_the_tolerances_replace_the_noise_floor():
+    text = " ".join(onnxrep_cmd("optimize", "--help").stdout.split())
+    assert "--rtol" in text and "--atol" in text and text.count("noise floor") >= 2
+
+
+FIXTURES = Path(__file__).parent / "fixtures" / "torch"
+
+
+def test_inspect_on_a_big_model_counts_first_and_sums_up_housekeeping(tmp_path):
+    result = onnxrep_cmd("inspect", FIXTURES / "dbb.ts.train.onnx", "--json", tmp_path / "i.json")
+    lines = result.stdout.splitlines()
+    assert result.returncode == 0 and len(lines) < 25, result.stdout  # 1,284 lines before
+    assert lines[1] == "rules fired: fold_bias_pad ×5, fold_conv_affine ×2, fold_sequential ×3, merge_parallel ×6"
+    assert lines[2].startswith("housekeeping: fold_constants ×1265")
+    assert "  merge_parallel: /0/Add_2" in lines  # rewrites by node name, as refusals are
+    verbose = onnxrep_cmd("inspect", FIXTURES / "dbb.ts.train.onnx", "-v").stdout.splitlines()
+    assert len(verbose) > 1281 and sum(line.startswith("  fold_constants: ") for line in verbose) == 1265
+    rewrites = json.loads((tmp_path / "i.json").read_text())["rewrites"]
+    assert {"rule": "merge_parallel", "tensor": "/0/Add_2_output_0", "node": "/0/Add_2"} in rewrites
+
+
+def test_refusals_are_grouped_by_reason_unless_verbose(tmp_path):
+    for command in (["inspect"], ["optimize", "--no-verify"]):
+        args = [*command, FIXTURES / "repvit.ts.train.onnx", *([tmp_path / "o.onnx"] if len(command) > 1 else [])]
+        grouped = onnxrep_cmd(*args).stdout
+        assert "(6), by reason; -v lists each:" in grouped
+        assert "  fold_conv_affine ×2: the conv output is also read by …\n" in grouped
+        assert "  fold_sequential ×2: … closes a GELU" in grouped and ", and 1 more" in grouped
+        every = onnxrep_cmd(*args, "-v").stdout
+        assert every.count("closes a GELU") == 2
+        assert "/blocks/blocks.1/channel_mixer/channel_mixer.1/Mul_1 closes" in every
+    assert "  merge_parallel: /head/Add" in every  # optimize -v lists the rewrites too
+
+
+def test_nothing_fired_says_what_would_help(tmp_path):
+    from onnxrep.testing import GraphBuilder
+
+    b = GraphBuilder(seed=3)
+    x = b.input("x", ["N", 4, 8, 8])
+    b.output(b.bn(b.conv(x, 4, 3, pads=[1, 1, 1, 1])))
+    model = b.model()
+    model.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims)
+                             for t in model.graph.initializer)  # an IR 3 export: weights are graph inputs
+    onnx.save(model, tmp_path / "m.onnx")
+    result = onnxrep_cmd("optimize", tmp_path / "m.onnx", tmp_path / "o.onnx")
+    assert result.returncode == 0, result.stderr
+    assert "rules fired: none; 1 candidate(s) refused" in result.stdout
+    assert "hint: " in result.stdout and "keep_initializers_as_inputs=False" in result.stdout
+    deploy = onnxrep_cmd("optimize", MODELS / "repvgg.deploy.onnx", tmp_path / "d.onnx").stdout
+    assert "rules fired: none (no training-time branches found" in deploy and "hint" not in deploy

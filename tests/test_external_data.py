@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
+import stat
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -181,3 +184,14 @@ def test_failed_rename_keeps_the_old_output_and_its_data(tmp_path, monkeypatch, 
     assert snapshot(tmp_path) == before
     if existing:
         assert_runs_like(out, small_model(seed=7))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_data_file_gets_the_mode_of_a_new_file_like_the_output(tmp_path, umask):
+    out = tmp_path / "o.onnx"
+    for _ in range(2):  # a fresh output, then one renamed over the first
+        subprocess.run([shutil.which("onnxrep"), "optimize", str(Path(__file__).parent.parent / "models" /
+                        "repvgg.train.onnx"), str(out), "--external-data", "-q"],
+                       check=True, timeout=120, preexec_fn=lambda: os.umask(umask))
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+        assert modes == {"o.onnx": 0o666 & ~umask, "o.onnx.data": 0o666 & ~umask}
