@@ -129,6 +129,23 @@ def build(name: str, seed: int, size: int = 224, **kwargs) -> nn.Module:
     return model.eval()
 
 
+def max_activation(model: nn.Module, x: torch.Tensor) -> float:
+    """Largest |value| any leaf module's tensor output takes on x: activations O(1) inside too."""
+    seen = [0.0]
+
+    def hook(module, args, output):
+        if isinstance(output, torch.Tensor) and output.is_floating_point():
+            seen[0] = max(seen[0], float(output.abs().max()))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    try:
+        model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen[0]
+
+
 # --- export and checks ------------------------------------------------------------------------------------
 def export(model: nn.Module, x: torch.Tensor, path: Path, exporter: str) -> None:
     """Export to a temporary file beside `path`, check it, rename it to `path`."""
@@ -147,6 +164,7 @@ def export(model: nn.Module, x: torch.Tensor, path: Path, exporter: str) -> None
         _drop_stack_traces(onnx_model)
         onnx.checker.check_model(onnx_model)
         onnx.save_model(onnx_model, tmp)
+        os.chmod(tmp, 0o644)          # mkstemp's 0600 is not what a written file should have
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -193,14 +211,15 @@ def export_model(name: str, size: int, exporters: list[str], out: Path, seed: in
     nets = {"train": model, "deploy": reparameterize_model(copy.deepcopy(model))}
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(seed + 1))
     with torch.no_grad():
+        inner = max_activation(model, x)
         want = {kind: net(x).numpy() for kind, net in nets.items()}
     scale = float(np.abs(want["train"]).max())
     twin = rel_error(want["deploy"], want["train"])
     finite = bool(np.isfinite(want["train"]).all())
-    print(f"{name}: {size}x{size}, output max |y| {scale:.3g} (finite: {finite}), "
+    print(f"{name}: {size}x{size}, output max |y| {scale:.3g} (finite: {finite}), inner max {inner:.3g}, "
           f"torch deploy vs train {twin:.2e} of max |y|")
     entry = {"input_shape": [1, 3, size, size], "create_model_kwargs": kwargs, "seed": seed,
-             "max_abs_output": scale, "torch_deploy_vs_train": twin, "exporters": {}}
+             "max_abs_output": scale, "max_abs_activation": inner, "torch_deploy_vs_train": twin, "exporters": {}}
     for exporter in exporters:
         entry["exporters"][exporter] = export_both(name, exporter, nets, x, want["train"], out)
     return entry
@@ -236,15 +255,28 @@ def _first_line(error: Exception) -> str:
 
 # --- onnxrep on the train files -----------------------------------------------------------------------------
 def run_onnxrep(train: Path, scratch: Path) -> dict:
-    """`onnxrep optimize` on one train file: exit code, nodes after, its rolled-back lines, seconds."""
+    """`onnxrep optimize` on one train file: exit code, nodes after, its rolled-back lines, seconds.
+
+    When it writes nothing (verification failed, ...), a second run with --no-verify tells how far the
+    rewrites themselves get (`unverified`).
+    """
+    rec = _onnxrep_once(train, scratch, [])
+    if rec["exit_code"]:
+        rec["unverified"] = _onnxrep_once(train, scratch, ["--no-verify"])
+    return rec
+
+
+def _onnxrep_once(train: Path, scratch: Path, extra: list[str]) -> dict:
     result_path, report_path = scratch / train.name, scratch / f"{train.stem}.json"
+    report_path.unlink(missing_ok=True)
     start = time.perf_counter()
     proc = subprocess.run([str(ONNXREP), "optimize", str(train), str(result_path), "--force",
-                           "--json", str(report_path)], capture_output=True, text=True, timeout=3600)
+                           "--json", str(report_path), *extra], capture_output=True, text=True, timeout=3600)
     rec = {"exit_code": proc.returncode, "seconds": round(time.perf_counter() - start, 2)}
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
     after = report.get("after") or {}
     rec["nodes_after"], rec["ops_after"] = after.get("nodes"), after.get("ops")
+    rec["rules_fired"] = report.get("rules_fired")
     rec["rolled_back"] = _rolled_back_lines(proc.stdout)
     rec["verification"] = _verification_line(proc.stdout)
     if proc.returncode:
@@ -277,8 +309,9 @@ def onnxrep_all(manifest: dict, names: list[str], out: Path) -> None:
                 continue
             rec["onnxrep"] = run_onnxrep(out / rec["files"]["train"], scratch)
             r = rec["onnxrep"]
+            unverified = f" (--no-verify: {r['unverified']['nodes_after']})" if "unverified" in r else ""
             print(f"  onnxrep {rec['files']['train']:40s} exit {r['exit_code']} nodes "
-                  f"{rec['nodes']['train']} -> {r['nodes_after']} (deploy {rec['nodes'].get('deploy')}), "
+                  f"{rec['nodes']['train']} -> {r['nodes_after']}{unverified} (deploy {rec['nodes'].get('deploy')}), "
                   f"rolled back {len(r['rolled_back'])}, {r['seconds']:.1f} s")
             write_atomic(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
 
@@ -307,9 +340,12 @@ def write_readme(out: Path, manifest: dict) -> None:
     for name, entry in manifest["models"].items():
         for exporter, rec in entry["exporters"].items():
             rep = rec.get("onnxrep", {})
+            after = rep.get("nodes_after") or "-"
+            if "unverified" in rep:     # exit code, then the --no-verify run's node count
+                after = f"x{rep['exit_code']}/{rep['unverified'].get('nodes_after')}"
             rows.append(f"{name:18s} {exporter:6s} {'x'.join(map(str, entry['input_shape'])):12s} "
                         f"{rec['nodes'].get('train', '-')!s:>6} {rec['nodes'].get('deploy', '-')!s:>6} "
-                        f"{rep.get('nodes_after', '-')!s:>8} {len(rep.get('rolled_back', [])):>4} "
+                        f"{after!s:>8} {len(rep.get('rolled_back', [])):>4} "
                         f"{'; '.join(f'{k}: {v}' for k, v in rec['failed'].items())}")
     header = (f"{'model':18s} {'export':6s} {'input':12s} {'train':>6} {'deploy':>6} {'onnxrep':>8} "
               f"{'rb':>4} failures")
@@ -325,6 +361,8 @@ Versions: torch {manifest['torch']}, timm {manifest['timm']}, onnx {manifest['on
 manifest.json: per model and exporter the files, node counts, op histograms, errors vs torch
 (relative to max |y|), export seconds, sizes, and `onnxrep optimize` on the train file (exit code,
 nodes after, rolled-back lines, seconds; outputs in onnxrep/). DONE appears when the set is complete.
+Table: node counts; onnxrep = nodes after `onnxrep optimize`, or xCODE/N when it exited with CODE and
+wrote nothing (N: nodes after the same run with --no-verify); rb = rewrites it rolled back.
 
 {header}
 """ + "\n".join(rows) + "\n"
@@ -340,12 +378,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--exporters", default="ts,dynamo")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-onnxrep", action="store_true", help="do not run onnxrep on the train files")
+    parser.add_argument("--onnxrep-only", action="store_true",
+                        help="no export: run onnxrep on the train files the manifest lists")
     args = parser.parse_args(argv)
     names = args.names or (list(FAMILIES) if args.families else parser.error("give model names or --families"))
     args.out.mkdir(parents=True, exist_ok=True)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     manifest = load_manifest(args.out)
-    for name in names:
+    for name in [] if args.onnxrep_only else names:
         size, kwargs = FAMILIES.get(name, (224, {}))
         start = time.perf_counter()
         try:
