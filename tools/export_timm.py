@@ -284,6 +284,16 @@ def _onnxrep_once(train: Path, scratch: Path, extra: list[str]) -> dict:
     return rec
 
 
+def verify_deploy(train: Path, deploy: Path) -> dict:
+    """Does onnxrep's own verification (default tolerances) accept timm's deploy file for the train file?"""
+    from onnxrep.verify import verify  # the onnxrep beside this Python; only this check needs it
+
+    result = verify(onnx.load(train), onnx.load(deploy))
+    failing = [o.name for o in result.outputs if not o.passed]
+    return {"passed": result.passed, "max_abs_error": result.max_abs_error,
+            "tensors_compared": len(result.outputs), "failing": len(failing), "first_failing": failing[:3]}
+
+
 def _rolled_back_lines(stdout: str) -> list[str]:
     lines, inside = [], False
     for line in stdout.splitlines():
@@ -308,6 +318,9 @@ def onnxrep_all(manifest: dict, names: list[str], out: Path) -> None:
             if "train" not in rec["files"]:
                 continue
             rec["onnxrep"] = run_onnxrep(out / rec["files"]["train"], scratch)
+            if "deploy" in rec["files"]:
+                rec["onnxrep_verify_of_deploy"] = verify_deploy(out / rec["files"]["train"],
+                                                                out / rec["files"]["deploy"])
             r = rec["onnxrep"]
             unverified = f" (--no-verify: {r['unverified']['nodes_after']})" if "unverified" in r else ""
             print(f"  onnxrep {rec['files']['train']:40s} exit {r['exit_code']} nodes "
@@ -335,6 +348,27 @@ def load_manifest(out: Path) -> dict:
     return manifest
 
 
+def annotate(manifest: dict) -> None:
+    """Per exporter, the ops whose count differs between onnxrep's result (or its --no-verify run) and
+    timm's deploy file: {op: [onnxrep, deploy]}."""
+    for entry in manifest["models"].values():
+        for rec in entry["exporters"].values():
+            rep, deploy = rec.get("onnxrep"), rec["ops"].get("deploy")
+            if not rep or deploy is None:
+                continue
+            after = rep["ops_after"] or (rep.get("unverified") or {}).get("ops_after")
+            if after is not None:
+                rec["ops_onnxrep_vs_deploy"] = {op: [after.get(op, 0), deploy.get(op, 0)]
+                                                for op in sorted(set(after) | set(deploy))
+                                                if after.get(op, 0) != deploy.get(op, 0)}
+
+
+def _gap(rec: dict) -> str:
+    compute = ("BatchNormalization", "Conv", "Gemm", "MatMul", "Add", "Mul", "Sub", "Div")
+    gap = rec.get("ops_onnxrep_vs_deploy", {})
+    return " ".join(f"{op}:{a}/{d}" for op, (a, d) in gap.items() if op in compute)
+
+
 def write_readme(out: Path, manifest: dict) -> None:
     rows = []
     for name, entry in manifest["models"].items():
@@ -346,9 +380,9 @@ def write_readme(out: Path, manifest: dict) -> None:
             rows.append(f"{name:18s} {exporter:6s} {'x'.join(map(str, entry['input_shape'])):12s} "
                         f"{rec['nodes'].get('train', '-')!s:>6} {rec['nodes'].get('deploy', '-')!s:>6} "
                         f"{after!s:>8} {len(rep.get('rolled_back', [])):>4} "
-                        f"{'; '.join(f'{k}: {v}' for k, v in rec['failed'].items())}")
+                        f"{_gap(rec)}{'; '.join(f'{k}: {v}' for k, v in rec['failed'].items())}")
     header = (f"{'model':18s} {'export':6s} {'input':12s} {'train':>6} {'deploy':>6} {'onnxrep':>8} "
-              f"{'rb':>4} failures")
+              f"{'rb':>4} onnxrep/deploy counts of compute ops that differ; failures")
     text = f"""Real timm networks, exported as users make them: made by tools/export_timm.py (onnxrep repo).
 
 <name>.<ts|dynamo>.<train|deploy>.onnx, batch 1, float32, input "input", output "output".
@@ -379,7 +413,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-onnxrep", action="store_true", help="do not run onnxrep on the train files")
     parser.add_argument("--onnxrep-only", action="store_true",
-                        help="no export: run onnxrep on the train files the manifest lists")
+                        help="no export: run onnxrep on the train files the manifest lists (with "
+                             "--skip-onnxrep: only rewrite manifest.json and README.txt)")
     args = parser.parse_args(argv)
     names = args.names or (list(FAMILIES) if args.families else parser.error("give model names or --families"))
     args.out.mkdir(parents=True, exist_ok=True)
@@ -399,6 +434,8 @@ def main(argv: list[str] | None = None) -> None:
         write_atomic(args.out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     if not args.skip_onnxrep:
         onnxrep_all(manifest, names, args.out)
+    annotate(manifest)
+    write_atomic(args.out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     write_readme(args.out, manifest)
     if set(FAMILIES) <= set(manifest["models"]) and not args.skip_onnxrep:
         (args.out / "DONE").write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()))
