@@ -11,7 +11,7 @@ stay O(1), and writes, batch 1, float32:
 "ts" is torch.onnx.export(dynamo=False, opset_version=17), "dynamo" torch.onnx.export(dynamo=True) with
 its default opset and optimizations: the files users make. "deploy" is timm.utils.reparameterize_model
 on a copy of the same model. Both files are checked in onnxruntime (graph optimizations off) against
-torch's output. Then `onnxrep optimize` (the one on PATH beside this Python) runs on each train file
+torch's output. Then `onnxrep optimize` (the one installed beside this Python) runs on each train file
 into <out>/onnxrep/, and <out>/manifest.json, <out>/README.txt and <out>/DONE are written.
 Files are written under a temporary name and renamed, so a reader never sees half a file.
 """
@@ -330,7 +330,7 @@ def onnxrep_all(manifest: dict, names: list[str], out: Path) -> None:
     scratch = out / "onnxrep"
     scratch.mkdir(exist_ok=True)
     for name in names:
-        for rec in manifest["models"][name]["exporters"].values():
+        for rec in manifest["models"].get(name, {}).get("exporters", {}).values():
             if "train" not in rec["files"]:
                 continue
             rec["onnxrep"] = run_onnxrep(out / rec["files"]["train"], scratch)
