@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import onnx
 import onnx_graphsurgeon as gs
@@ -13,7 +14,9 @@ from onnxrep import engine, io
 from onnxrep.errors import VerificationFailed
 from onnxrep.report import ModelStats, Report
 from onnxrep.rules import DEFAULT_RULES, RULES_BY_NAME, Finding, Rule
-from onnxrep.verify import Verification, verify
+
+if TYPE_CHECKING:
+    from onnxrep.verify import Verification
 
 #: At most this many rounds of rollback (each a rewrite and a verification) before a run gives up.
 #: A round rolls back every rewrite whose local check failed, or, when the local checks all pass
@@ -97,8 +100,10 @@ def optimize(model: onnx.ModelProto | gs.Graph | str | os.PathLike, *,
         if path is not None:
             model = io.load_model(path)
 
+        from onnxrep.verify import verify_sizes  # onnxruntime is loaded only to verify
+
         def check_model(candidate: onnx.ModelProto) -> Verification:
-            return verify(model, candidate, input_shapes=input_shapes, rtol=rtol, atol=atol, seed=seed)
+            return verify_sizes(model, candidate, input_shapes=input_shapes, rtol=rtol, atol=atol, seed=seed)
 
         verification = check_model(optimized)
         dropped: list[Finding] = []

@@ -5,12 +5,15 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 
 from onnxrep.rules import Finding
-from onnxrep.verify import Verification
+
+if TYPE_CHECKING:
+    from onnxrep.verify import Verification
 
 
 @dataclass(frozen=True)
@@ -194,12 +197,12 @@ def _size(n: int | None) -> str:
 def _verification_line(v: Verification | None) -> str:
     if v is None:
         return "verification: skipped (--no-verify)"
-    shapes = ", ".join(f"{k}={'x'.join(map(str, s))}" for k, s in v.input_shapes.items())
+    shapes = _shapes(v.input_shapes)
     status = "passed" if v.passed else "FAILED"
     parts = [f"verification: {status}"]
     if v.local:
         failing = v.failing_tensors
-        parts.append(f"local max error {v.local_max_abs_error:.2g} over {len(v.local)} rewritten tensor(s)"
+        parts.append(f"local max error {v.local_max_abs_error:.2g} over {v.checked_tensors} rewritten tensor(s)"
                      + (f" ({len(failing)} failed: {', '.join(failing[:5])})" if failing else ""))
     elif v.local_skipped:
         parts.append(f"no local checks ({v.local_skipped})")
@@ -210,7 +213,14 @@ def _verification_line(v: Verification | None) -> str:
     if failing_outputs:
         parts.append(f"differing outputs: {', '.join(failing_outputs)}")
     parts.append(f"inputs {shapes}")
+    parts += [f"and {_shapes(other)}" for other in v.other_sizes]
+    if v.other_sizes_skipped:
+        parts.append(f"not at a second size ({v.other_sizes_skipped})")
     return ", ".join(parts)
+
+
+def _shapes(shapes: dict[str, tuple[int, ...]]) -> str:
+    return ", ".join(f"{k}={'x'.join(map(str, s))}" for k, s in shapes.items())
 
 
 def _verification_dict(v: Verification | None) -> dict | None:
@@ -218,7 +228,8 @@ def _verification_dict(v: Verification | None) -> dict | None:
         return None
     return {"passed": v.passed, "max_abs_error": v.max_abs_error, "noise_floor": v.noise_floor,
             "tolerance": v.tolerance, "input_shapes": v.input_shapes, "seconds": v.seconds,
+            "other_input_shapes": list(v.other_sizes), "other_sizes_skipped": v.other_sizes_skipped,
             "outputs": [asdict(o) for o in v.outputs],
-            "local": {"checked": len(v.local), "max_abs_error": v.local_max_abs_error,
+            "local": {"checked": v.checked_tensors, "max_abs_error": v.local_max_abs_error,
                       "failed": v.failing_tensors, "skipped": v.local_skipped,
                       "tensors": [asdict(c) for c in v.local]}}

@@ -28,11 +28,11 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import numpy_helper
 from onnx.external_data_helper import load_external_data_for_model
 
@@ -40,6 +40,9 @@ from onnxrep import local_check
 from onnxrep.errors import UnsupportedModel
 from onnxrep.io import too_big_for_protobuf
 from onnxrep.local_check import UNIT_ROUNDOFF, LocalCheck
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 #: Outputs may differ from the original's by this many times the model's noise floor. An exact
 #: re-parameterization changes every merged layer by about one rounding (its weights rounded once,
@@ -78,9 +81,11 @@ class Verification:
     outputs: tuple[OutputCheck, ...]
     input_shapes: dict[str, tuple[int, ...]]
     seconds: float
-    local: tuple[LocalCheck, ...] = ()
+    local: tuple[LocalCheck, ...] = ()  # at every size checked
     tolerance: str = "rounding"  # outputs within their own rounding; else "noise floor", or "rtol R, atol A"
     local_skipped: str | None = None  # why the local checks could not run
+    other_sizes: tuple[dict[str, tuple[int, ...]], ...] = ()  # input shapes also checked (dynamic dims)
+    other_sizes_skipped: str | None = None  # why a second size was not checked
 
     @property
     def max_abs_error(self) -> float:
@@ -97,10 +102,16 @@ class Verification:
     @property
     def failing_tensors(self) -> list[str]:
         """The rewritten tensors whose local check failed: each names the rewrite that wrote it."""
-        return [c.tensor for c in self.local if not c.passed]
+        return list(dict.fromkeys(c.tensor for c in self.local if not c.passed))
+
+    @property
+    def checked_tensors(self) -> int:
+        return len({c.tensor for c in self.local})
 
 
 def _options() -> ort.SessionOptions:
+    import onnxruntime as ort  # here, not at the top: inspect and --no-verify never load it
+
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
@@ -125,6 +136,8 @@ def _source(model: onnx.ModelProto, tmp_dir: str, tag: str) -> Iterator[bytes | 
 
 
 def _session(source: bytes | str, options: ort.SessionOptions | None = None) -> ort.InferenceSession:
+    import onnxruntime as ort
+
     try:
         return ort.InferenceSession(source, options or _options(), providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own unexported error types
@@ -206,7 +219,9 @@ def perturbed_weights(model: onnx.ModelProto, seed: int) -> dict[str, np.ndarray
     A sum of ``fan_in`` products rounds by about ``u`` of the magnitudes it adds;
     perturbing each weight by ``u·√fan_in`` with random signs moves the sum by
     the same amount. So the noise run is the original with every layer rounded
-    once more: what an exact rewrite does to the layers it merges.
+    once more: what an exact rewrite does to the layers it merges. At least 2u:
+    a smaller relative change mostly rounds back to the weight itself (a 1x1
+    conv on one channel would not move at all).
     """
     graph = model.graph
     inputs = {i.name for i in graph.input}
@@ -219,10 +234,11 @@ def perturbed_weights(model: onnx.ModelProto, seed: int) -> dict[str, np.ndarray
         array = numpy_helper.to_array(tensor)
         if array.dtype not in UNIT_ROUNDOFF or array.size == 0:
             continue
-        relative = UNIT_ROUNDOFF[array.dtype] * np.sqrt(fan_ins[tensor.name])
-        factor = rng.random(array.shape, dtype=np.float32)
-        factor *= np.float32(2 * relative)
-        factor += np.float32(1 - relative)  # uniform in [1 − relative, 1 + relative)
+        relative = UNIT_ROUNDOFF[array.dtype] * max(np.sqrt(fan_ins[tensor.name]), 2.0)
+        # a relative change of ±[relative/2, relative): never less than u, so every weight moves by an ulp
+        factor = rng.random(array.shape, dtype=np.float32) * np.float32(relative / 2) + np.float32(relative / 2)
+        factor *= rng.choice(np.array([-1, 1], np.float32), array.shape)
+        factor += np.float32(1)
         perturbed[tensor.name] = (array * factor).astype(array.dtype, copy=False)
     return perturbed
 
@@ -276,10 +292,15 @@ def verify(original: onnx.ModelProto, optimized: onnx.ModelProto, *,
     with tempfile.TemporaryDirectory(prefix="onnxrep-verify-") as tmp_dir, ExitStack() as sources:
         names, feeds, reference, skipped, source = _run_original(original, checks, input_shapes or {}, seed,
                                                                  tmp_dir, sources)
-        actual, computed, why = _run_optimized(optimized, checks, reference, feeds, names, tmp_dir)
+        try:
+            actual, computed, why = _run_optimized(optimized, checks, reference, feeds, names, tmp_dir)
+        except _OptimizedFailed as error:
+            failed = tuple(OutputCheck(n, float("inf"), 0.0, 0.0, False) for n in names)
+            return Verification(False, failed, _shapes(feeds), time.perf_counter() - start,
+                                local_skipped=f"the optimized model does not run: {error}")
         results = {a: local_check.compare(a, reference[a], value, magnitude)
                    for a, (value, magnitude) in computed.items()}
-        failing = [a for a, c in results.items() if not c.passed]
+        failing = [a for a, c in results.items() if not c.passed and c.max_abs_error < float("inf")]
         if failing:  # the original's own rounding may be larger: its branches can cancel in the merge
             for anchor, magnitude in _original_magnitudes(original, checks, failing, reference, feeds).items():
                 value, own = computed[anchor]
@@ -295,6 +316,60 @@ def verify(original: onnx.ModelProto, optimized: onnx.ModelProto, *,
     passed = all(c.passed for c in outputs) and all(c.passed for c in locals_)
     return Verification(passed, tuple(outputs), _shapes(feeds), time.perf_counter() - start, locals_,
                         tolerance, skipped)
+
+
+#: Dynamic dims at the second size: batch 2, then odd sizes (a pad or stride that lines up only for
+#: even sizes, or a reshape that mixes the batch in, shows there), one value per dim name.
+SECOND_BATCH = 2
+SECOND_DIMS = (37, 53, 29, 43, 31, 47)
+
+
+def second_size(model: onnx.ModelProto) -> dict[str, tuple[int, ...]] | None:
+    """Shapes for a second verification of a model with dynamic input dims (None: all static)."""
+    weights = {t.name for t in model.graph.initializer}
+    named: dict[str, int] = {}
+    batch: set[str] = set()
+    shapes, dynamic = {}, False
+    for value in model.graph.input:
+        if value.name in weights or not value.type.HasField("tensor_type"):
+            continue
+        dims = []
+        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+            if dim.HasField("dim_value") and dim.dim_value > 0:
+                dims.append(dim.dim_value)
+                continue
+            dynamic = True
+            key = dim.dim_param or f"{value.name}:{axis}"
+            if key not in named:
+                spatial = sum(1 for k in named if k not in batch)
+                named[key] = SECOND_BATCH if axis == 0 else SECOND_DIMS[spatial % len(SECOND_DIMS)]
+                if axis == 0:
+                    batch.add(key)
+            dims.append(named[key])
+        shapes[value.name] = tuple(dims)
+    return shapes if dynamic else None
+
+
+def verify_sizes(original: onnx.ModelProto, optimized: onnx.ModelProto, *,
+                 input_shapes: dict[str, tuple[int, ...]] | None = None, **options) -> Verification:
+    """:func:`verify` at the given (or default) input shapes and, for a model with dynamic dims and no
+    shapes given, again at :func:`second_size` where the original runs there."""
+    first = verify(original, optimized, input_shapes=input_shapes, **options)
+    shapes = None if input_shapes else second_size(original)
+    if shapes is None:
+        return first
+    try:
+        second = verify(original, optimized, input_shapes=shapes, **options)
+    except UnsupportedModel as error:  # the original itself does not run there (a size it rejects)
+        return replace(first, other_sizes_skipped=f"{_describe(shapes)}: {error}")
+    return replace(first, passed=first.passed and second.passed, outputs=first.outputs + second.outputs,
+                   local=first.local + second.local, seconds=first.seconds + second.seconds,
+                   tolerance=second.tolerance if second.tolerance == "noise floor" else first.tolerance,
+                   other_sizes=(second.input_shapes,), local_skipped=first.local_skipped or second.local_skipped)
+
+
+def _describe(shapes: dict[str, tuple[int, ...]]) -> str:
+    return ", ".join(f"{k}={'x'.join(map(str, s))}" for k, s in shapes.items())
 
 
 def _run_original(original, checks, input_shapes, seed, tmp_dir, sources: ExitStack):
@@ -332,6 +407,8 @@ def _original_magnitudes(original, checks, anchors, reference, feeds) -> dict[st
 
 def _run_noise(original, source, feeds, names, seed) -> dict[str, np.ndarray]:
     """The original's outputs with every layer's weights perturbed by about one rounding."""
+    import onnxruntime as ort
+
     weights = perturbed_weights(original, seed)
     options = _options()
     values = {name: ort.OrtValue.ortvalue_from_numpy(array) for name, array in weights.items()}
@@ -341,6 +418,10 @@ def _run_noise(original, source, feeds, names, seed) -> dict[str, np.ndarray]:
     return dict(zip(names, session.run(names, feeds)))
 
 
+class _OptimizedFailed(Exception):
+    """The optimized model does not load or run where the original does: a failed verification."""
+
+
 def _run_optimized(optimized, checks, reference, feeds, names, tmp_dir):
     """The optimized model's outputs, and each rewritten tensor's local value and magnitude."""
     try:
@@ -348,11 +429,17 @@ def _run_optimized(optimized, checks, reference, feeds, names, tmp_dir):
                 _source(optimized, tmp_dir, "optimized") as source:
             session = _session(source)
     except UnsupportedModel as error:
-        with _source(optimized, tmp_dir, "optimized") as source:
-            session = _session(source)
-        return session.run(names, feeds), {}, f"the local copies would not load ({error})"
+        try:
+            with _source(optimized, tmp_dir, "optimized") as source:
+                session = _session(source)
+            return session.run(names, feeds), {}, f"the local copies would not load ({error})"
+        except Exception as failure:
+            raise _OptimizedFailed(_first_line(failure)) from None
     extra_names = [o for c in compared for o in c[1:]]
-    values = session.run(names + extra_names, {**feeds, **extra})
+    try:
+        values = session.run(names + extra_names, {**feeds, **extra})
+    except Exception as error:
+        raise _OptimizedFailed(_first_line(error)) from None
     local_values = dict(zip(extra_names, values[len(names):]))
     computed = {anchor: (local_values[out], local_values[mag]) for anchor, out, mag in compared}
     return values[:len(names)], computed, None
