@@ -67,10 +67,15 @@ def rewrite_graph(graph: gs.Graph, rules: Sequence[Rule], report: Report,
 
 
 def _take_arrays(graph: gs.Graph) -> dict[str, np.ndarray]:
-    """The top-level weights held as numpy arrays, each replaced by an empty one of its dtype."""
+    """The top-level weights held as numpy arrays, each replaced by an empty one of its dtype.
+
+    A weight a subgraph also reads stays: the exporter copies it into that subgraph too.
+    """
     arrays = {}
+    in_subgraphs = {id(t) for g in graph.subgraphs(recursive=True) for t in g.tensors().values()}
     for tensor in graph.tensors().values():
-        if (isinstance(tensor, gs.Constant) and isinstance(tensor._values, np.ndarray)
+        if (isinstance(tensor, gs.Constant) and id(tensor) not in in_subgraphs
+                and isinstance(tensor._values, np.ndarray)
                 and tensor._values.dtype.kind in "biuf" and tensor.export_dtype == tensor.dtype
                 and tensor.data_location is None):
             arrays[tensor.name] = tensor.values
