@@ -11,6 +11,7 @@ import onnx_graphsurgeon as gs
 
 from onnxrep import engine, io
 from onnxrep.errors import VerificationFailed
+from onnxrep.feeds import Inputs
 from onnxrep.report import ModelStats, Report
 from onnxrep.rules import DEFAULT_RULES, RULES_BY_NAME, Finding, Rule
 from onnxrep.verify import DEFAULT_ATOL, DEFAULT_RTOL, Verification, verify
@@ -50,6 +51,7 @@ def optimize(model: onnx.ModelProto | gs.Graph | str | os.PathLike, *,
              input_shapes: dict[str, tuple[int, ...]] | None = None,
              rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL, seed: int = 0,
              progress: Callable[[str], None] | None = None,
+             inputs: Inputs | None = None,
              ) -> tuple[onnx.ModelProto, Report]:
     """Re-parameterize ``model`` (a ModelProto, a graphsurgeon Graph or a path) and verify it.
 
@@ -59,6 +61,8 @@ def optimize(model: onnx.ModelProto | gs.Graph | str | os.PathLike, *,
     :class:`onnxrep.errors.VerificationFailed` (with ``.report``) only when
     nothing can be salvaged. The input ModelProto is not modified.
     ``progress`` is called with the name of each long step as it starts.
+    ``inputs`` (input name → array, or a directory of .pb/.npy tensors) replaces the random
+    verification inputs.
     """
     step = progress or (lambda name: None)
     timings = {}
@@ -93,7 +97,8 @@ def optimize(model: onnx.ModelProto | gs.Graph | str | os.PathLike, *,
             model = io.load_model(path)
 
         def check_model(candidate: onnx.ModelProto) -> Verification:
-            return verify(model, candidate, input_shapes=input_shapes, rtol=rtol, atol=atol, seed=seed)
+            return verify(model, candidate, input_shapes=input_shapes, rtol=rtol, atol=atol, seed=seed,
+                          feeds=inputs)
 
         verification = check_model(optimized)
         dropped: list[Finding] = []

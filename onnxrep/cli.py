@@ -59,6 +59,7 @@ class Job:
     external_data: bool = False
     debug: bool = False
     progress: bool = False
+    inputs: str | None = None
 
 
 @dataclass
@@ -103,7 +104,7 @@ def _run_job(job: Job, progress) -> Outcome:
         output = io.check_output_path(job.output_path, job.input_path, job.force)
         model, report = optimize(job.input_path, rules=select_rules(job.only, job.skip), check=job.check,
                                  input_shapes=dict(job.input_shapes), rtol=job.rtol, atol=job.atol,
-                                 seed=job.seed, progress=progress)
+                                 seed=job.seed, progress=progress, inputs=job.inputs)
         if progress is not None:
             progress("save")
         start = time.perf_counter()
@@ -113,7 +114,8 @@ def _run_job(job: Job, progress) -> Outcome:
         return Outcome(job, 0, None, report)
     except OnnxrepError as error:
         message = f"onnxrep: error: {error}"
-        if isinstance(error, UnsupportedModel) and job.check and str(error).startswith("onnxruntime cannot run"):
+        if isinstance(error, UnsupportedModel) and job.check and str(error).startswith(
+                ("onnxruntime cannot run", "cannot invent")):
             message += "; cannot verify the result, nothing written (--no-verify skips the check)"
         return Outcome(job, error.exit_code, message, getattr(error, "report", None))
     except Exception as error:  # a bug: one line, not a traceback, unless asked
@@ -159,6 +161,9 @@ def _batch_inputs(paths: tuple[str, ...]) -> list[Path]:
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:DxD..",
               help="Shape for an input with dynamic dims during verification (repeatable).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
+@click.option("--inputs", "inputs_dir", metavar="DIR", type=click.Path(path_type=str),
+              help="Verify on these inputs instead of random ones: .pb TensorProtos (matched to inputs by "
+                   "name, else in order: input_0.pb, input_1.pb, ...) or NAME.npy files.")
 @click.option("--only", multiple=True, metavar="RULE", help="Run only this rule (repeatable).")
 @click.option("--skip", multiple=True, metavar="RULE", help="Do not run this rule (repeatable).")
 @click.option("--external-data", is_flag=True,
@@ -167,7 +172,7 @@ def _batch_inputs(paths: tuple[str, ...]) -> list[Path]:
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("-v", "--verbose", is_flag=True, help="List every refusal.")
 @click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
-def optimize_command(paths, output_dir, jobs, force, no_verify, rtol, atol, input_shapes, seed,
+def optimize_command(paths, output_dir, jobs, force, no_verify, rtol, atol, input_shapes, seed, inputs_dir,
                      only, skip, external_data, json_path, quiet, verbose, debug) -> None:
     """Re-parameterize IN and write the verified result to OUT (or many INs into OUTDIR)."""
     try:
@@ -176,7 +181,7 @@ def optimize_command(paths, output_dir, jobs, force, no_verify, rtol, atol, inpu
         raise click.BadParameter(str(error)) from None
     options = dict(only=tuple(only), skip=tuple(skip), force=force, check=not no_verify,
                    input_shapes=tuple(_parse_shape(s) for s in input_shapes), rtol=rtol, atol=atol,
-                   seed=seed, external_data=external_data, debug=debug)
+                   seed=seed, external_data=external_data, debug=debug, inputs=inputs_dir)
     if output_dir is None:
         if len(paths) != 2:
             raise click.UsageError("give IN and OUT, or several INs with -o OUTDIR")

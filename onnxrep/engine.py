@@ -9,7 +9,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
-from onnxrep import io
+from onnxrep import io, types
 from onnxrep.graph import Context
 from onnxrep.report import Report
 from onnxrep.rules import Finding, Rule
@@ -150,7 +150,9 @@ def export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
     bytes, so that weights are never held twice in full.
     """
     arrays = _take_arrays(graph)
+    types.untype_non_tensors(graph)
     model = gs.export_onnx(graph, do_type_check=False)
+    types.restore_types(model, original)
     for tensor in model.graph.initializer:
         array = arrays.pop(tensor.name, None)
         if array is not None:

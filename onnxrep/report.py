@@ -103,7 +103,8 @@ def _size(n: int | None) -> str:
 def _verification_line(v: Verification | None) -> str:
     if v is None:
         return "verification: skipped (--no-verify)"
-    shapes = ", ".join(f"{k}={'x'.join(map(str, s))}" for k, s in v.input_shapes.items())
+    shapes = ", ".join(f"{k}={s if isinstance(s, str) else 'x'.join(map(str, s))}"  # str: a sequence, say
+                       for k, s in v.input_shapes.items())
     status = "passed" if v.passed else "FAILED"
     failing = [o.name for o in v.outputs if not o.passed]
     detail = f"; differing outputs: {', '.join(failing)}" if failing else ""

@@ -20,14 +20,13 @@ import onnxruntime as ort
 from onnx import TensorProto
 from onnx.external_data_helper import load_external_data_for_model
 
+from onnxrep import feeds as feeding
 from onnxrep.errors import UnsupportedModel
+from onnxrep.feeds import DEFAULT_BATCH, DEFAULT_DIM  # noqa: F401 (part of this module's interface)
 from onnxrep.io import too_big_for_protobuf
 
 DEFAULT_RTOL = 1e-4
 DEFAULT_ATOL = 1e-5
-#: Dynamic dims default to these; ``--input-shape`` overrides them.
-DEFAULT_BATCH = 1
-DEFAULT_DIM = 32
 #: float16 carries ~2^-10 relative precision against float32's 2^-23.
 FLOAT16_FACTOR = 2.0**13
 
@@ -57,7 +56,8 @@ class Verification:
 def _session(model: onnx.ModelProto, tmp_dir: str, tag: str) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # onnxruntime's own log lines would break our one-line errors
+    ort.set_default_logger_severity(4)
     try:
         if too_big_for_protobuf(model):
             path = os.path.join(tmp_dir, f"{tag}.onnx")
@@ -71,36 +71,6 @@ def _session(model: onnx.ModelProto, tmp_dir: str, tag: str) -> ort.InferenceSes
     except Exception as error:  # onnxruntime raises its own unexported error types
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UnsupportedModel(f"onnxruntime cannot run the model: {first}") from None
-
-
-def make_inputs(session: ort.InferenceSession, shapes: dict[str, tuple[int, ...]],
-                seed: int) -> dict[str, np.ndarray]:
-    """Seeded random inputs; dynamic dims take ``shapes`` or the defaults, one value per dim name."""
-    rng = np.random.default_rng(seed)
-    named_dims: dict[str, int] = {}
-    feeds = {}
-    for arg in session.get_inputs():
-        if arg.name in shapes:
-            shape = tuple(shapes[arg.name])
-        else:
-            shape = tuple(
-                d if isinstance(d, int) and d > 0
-                else named_dims.setdefault(d, DEFAULT_BATCH if axis == 0 else DEFAULT_DIM)
-                if isinstance(d, str) else (DEFAULT_BATCH if axis == 0 else DEFAULT_DIM)
-                for axis, d in enumerate(arg.shape))
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(_ort_type(arg.type))
-        if np.issubdtype(dtype, np.floating):
-            feeds[arg.name] = rng.standard_normal(shape).astype(dtype)
-        elif dtype == np.bool_:
-            feeds[arg.name] = rng.integers(0, 2, shape).astype(np.bool_)
-        else:
-            feeds[arg.name] = rng.integers(0, 8, shape).astype(dtype)
-    return feeds
-
-
-def _ort_type(type_string: str) -> int:
-    """'tensor(float16)' → TensorProto.FLOAT16."""
-    return onnx.TensorProto.DataType.Value(type_string.removeprefix("tensor(").removesuffix(")").upper())
 
 
 def compare(name: str, reference: np.ndarray, actual: np.ndarray, rtol: float, atol: float) -> OutputCheck:
@@ -150,7 +120,10 @@ def _exposing(model: onnx.ModelProto, names: list[str]):
 
 def verify(original: onnx.ModelProto, optimized: onnx.ModelProto, *,
            input_shapes: dict[str, tuple[int, ...]] | None = None,
-           rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL, seed: int = 0) -> Verification:
+           rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL, seed: int = 0,
+           feeds: feeding.Inputs | None = None) -> Verification:
+    """Run both models on ``feeds`` (a directory of .pb/.npy files or name → value) or random inputs."""
+    given = feeds
     start = time.perf_counter()
     inner = shared_intermediates(original, optimized)
     with tempfile.TemporaryDirectory(prefix="onnxrep-verify-") as tmp_dir:
@@ -160,23 +133,27 @@ def verify(original: onnx.ModelProto, optimized: onnx.ModelProto, *,
         except UnsupportedModel:
             inner = []  # an intermediate onnxruntime will not expose (a sequence, say): outputs only
             reference_session = _session(original, tmp_dir, "original")
-        feeds = make_inputs(reference_session, input_shapes or {}, seed)
+        feeds = feeding.inputs_for(reference_session, given, input_shapes or {}, seed)
         names = [o.name for o in reference_session.get_outputs()]
         try:
-            reference = reference_session.run(names, feeds)
+            reference = reference_session.run(names, feeds, _QUIET)
         except Exception as error:
             raise UnsupportedModel(f"onnxruntime cannot run the original model on inputs "
                                    f"{_shapes(feeds)}: {str(error).strip().splitlines()[0]} "
-                                   f"(set --input-shape)") from None
+                                   f"{feeding.hint(reference_session, given)}") from None
         del reference_session
         with _exposing(optimized, inner):
             optimized_session = _session(optimized, tmp_dir, "optimized")
-        actual = optimized_session.run(names, feeds)
-    checks = tuple(compare(n, r, a, rtol, atol) for n, r, a in zip(names, reference, actual)
-                   if isinstance(r, np.ndarray) or n not in inner)
+        actual = optimized_session.run(names, feeds, _QUIET)
+    kept = [(n, r, a) for n, r, a in zip(names, reference, actual) if isinstance(r, np.ndarray) or n not in inner]
+    checks = tuple(compare(n, r, a, rtol, atol) for n, r, a in feeding.leaves(kept))
     return Verification(all(c.passed for c in checks), checks, _shapes(feeds),
                         time.perf_counter() - start, len(inner))
 
 
-def _shapes(feeds: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
-    return {k: tuple(v.shape) for k, v in feeds.items()}
+def _shapes(feeds: dict[str, object]) -> dict[str, tuple[int, ...] | str]:
+    return {k: tuple(v.shape) if isinstance(v, np.ndarray) else feeding.describe(v) for k, v in feeds.items()}
+
+
+_QUIET = ort.RunOptions()
+_QUIET.log_severity_level = 4

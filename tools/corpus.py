@@ -185,27 +185,25 @@ def checker_ok(model, full: bool) -> bool:
 
 @contextlib.contextmanager
 def captured_fds():
-    """fds 1 and 2 into temporary files for the duration; yields a function returning (stdout, stderr)."""
+    """fds 1 and 2 into temporary files for the duration; yields a dict that then holds their texts."""
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
-    files = tempfile.TemporaryFile(), tempfile.TemporaryFile()
-    os.dup2(files[0].fileno(), 1)
-    os.dup2(files[1].fileno(), 2)
     texts = {}
-    try:
-        yield texts
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in saved:
-            os.close(fd)
-        for key, f in zip(("stdout", "stderr"), files):
-            f.seek(0)
-            texts[key] = f.read().decode("utf-8", "replace")
-            f.close()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        os.dup2(out.fileno(), 1)
+        os.dup2(err.fileno(), 2)
+        try:
+            yield texts
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, target in zip(saved, (1, 2)):
+                os.dup2(fd, target)
+                os.close(fd)
+            for key, f in (("stdout", out), ("stderr", err)):
+                f.seek(0)
+                texts[key] = f.read().decode("utf-8", "replace")
 
 
 def run_cli(args: list[str]) -> tuple[int, str]:
@@ -225,8 +223,6 @@ def run_cli(args: list[str]) -> tuple[int, str]:
 
 
 def examine(model_dir: Path, out_dir: Path, use_inputs: bool) -> dict:
-    import onnx
-
     out = out_dir / f"{model_dir.name}.onnx"
     with contextlib.suppress(FileNotFoundError):
         out.unlink()
