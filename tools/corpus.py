@@ -55,28 +55,45 @@ def default_node_dir() -> Path:
     return cache / "onnxrep" / f"onnx-{onnx.__version__}-node"
 
 
-def generate_node_tests(target: Path, names: set[str] | None = None) -> Path:
-    """Write the node test cases (all, or those named) as ``target/<name>/model.onnx`` + test_data_set_N."""
-    import argparse as ap
+_NODE_CASES: list = []
 
-    import onnx.backend.test.case.node as node_cases
+
+def node_cases() -> list:
+    """onnx's node test cases (collected once: their expected outputs are computed on collection)."""
+    if not _NODE_CASES:
+        import warnings
+
+        import onnx.backend.test.case.node as node_test
+
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _NODE_CASES.extend(node_test.collect_testcases())
+    return _NODE_CASES
+
+
+def write_node_tests(target: Path, names: set[str] | None = None) -> Path:
+    """Write the node test cases (all, or those named) as ``target/<name>/model.onnx`` + test_data_set_N,
+    with onnx's own writer (``backend-test-tools generate-data``, which in recent onnx writes model cases only)."""
     from onnx.backend.test import cmd_tools
 
-    with contextlib.redirect_stderr(open(os.devnull, "w")), \
-            __import__("warnings").catch_warnings():
-        __import__("warnings").simplefilter("ignore")
-        cases = [c for c in node_cases.collect_testcases() if names is None or c.name in names]
-    tmp = Path(tempfile.mkdtemp(prefix=".gen-", dir=target.parent if target.parent.exists() else None))
+    cases = [c for c in node_cases() if names is None or c.name in names]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".node-", dir=target.parent))
     saved = cmd_tools.model_test
-    cmd_tools.model_test = ap.Namespace(collect_testcases=lambda: cases)
+    cmd_tools.model_test = argparse.Namespace(collect_testcases=lambda: cases)
     try:
-        cmd_tools.generate_data(ap.Namespace(output=str(tmp)))
+        cmd_tools.generate_data(argparse.Namespace(output=str(tmp)))
     finally:
         cmd_tools.model_test = saved
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp / "node", target) if (tmp / "node").exists() else target.mkdir(exist_ok=True)
+    (tmp / "node").mkdir(exist_ok=True)
+    os.replace(tmp / "node", target)
     tmp.rmdir()
     return target
+
+
+def node_dir_installed() -> Path | None:
+    root = data_dir() / "node"
+    return root if root.is_dir() else None
 
 
 def corpus(node_dir: Path | None = None) -> list[Path]:
@@ -87,9 +104,18 @@ def corpus(node_dir: Path | None = None) -> list[Path]:
         if kind == "node" and not root.is_dir():
             root = node_dir or default_node_dir()
             if not root.is_dir():
-                generate_node_tests(root)
+                write_node_tests(root)
         dirs += [d for d in root.iterdir() if (d / "model.onnx").is_file()] if root.is_dir() else []
     return sorted(dirs, key=label)
+
+
+def labels() -> list[str]:
+    """``kind/name`` of every corpus model, the node tests' from their cases when onnx does not ship them."""
+    names = [label(d) for kind in KINDS if (data_dir() / kind).is_dir()
+             for d in (data_dir() / kind).iterdir() if (d / "model.onnx").is_file()]
+    if node_dir_installed() is None:
+        names += [f"node/{c.name}" for c in node_cases()]
+    return sorted(names)
 
 
 def label(model_dir: Path) -> str:
@@ -190,14 +216,17 @@ def captured_fds():
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
     texts = {}
+    streams = sys.stdout, sys.stderr  # under pytest these are not fds 1 and 2: write to the fds meanwhile
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         os.dup2(out.fileno(), 1)
         os.dup2(err.fileno(), 2)
+        sys.stdout, sys.stderr = (open(fd, "w", closefd=False) for fd in (1, 2))  # noqa: SIM115
         try:
             yield texts
         finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
+            sys.stdout.close()
+            sys.stderr.close()
+            sys.stdout, sys.stderr = streams
             for fd, target in zip(saved, (1, 2)):
                 os.dup2(fd, target)
                 os.close(fd)
