@@ -251,7 +251,7 @@ def run_cli(args: list[str]) -> tuple[int, str]:
     return code, texts["stderr"]
 
 
-def examine(model_dir: Path, out_dir: Path, use_inputs: bool) -> dict:
+def examine(model_dir: Path, out_dir: Path, use_inputs: bool, extra: tuple[str, ...] = ()) -> dict:
     out = out_dir / f"{model_dir.name}.onnx"
     with contextlib.suppress(FileNotFoundError):
         out.unlink()
@@ -259,6 +259,7 @@ def examine(model_dir: Path, out_dir: Path, use_inputs: bool) -> dict:
     data_set = model_dir / "test_data_set_0"
     if use_inputs and data_set.is_dir():
         args += ["--inputs", str(data_set)]
+    args += extra
     code, stderr = run_cli(args)
     lines = stderr.strip().splitlines()
     result = {"model": label(model_dir), "code": code, "stderr": stderr.strip()[:2000]}
@@ -314,7 +315,7 @@ def _check_output(model_dir: Path, out: Path) -> dict:
     return {"class": "ok", "compared": "expected outputs" if matches else "the original's outputs"}
 
 
-def worker(use_inputs: bool) -> None:
+def worker(use_inputs: bool, extra: tuple[str, ...]) -> None:
     """Read model directories from stdin, one per line; write one JSON result per line to (the real) stdout."""
     channel = os.fdopen(os.dup(1), "w")
     out_dir = Path(tempfile.mkdtemp(prefix="onnxrep-corpus-"))
@@ -322,7 +323,7 @@ def worker(use_inputs: bool) -> None:
         for line in sys.stdin:
             model_dir = Path(line.rstrip("\n"))
             try:
-                result = examine(model_dir, out_dir, use_inputs)
+                result = examine(model_dir, out_dir, use_inputs, extra)
             except Exception as error:  # the harness itself failed: show it, do not hide it as ok
                 result = {"model": label(model_dir), "class": "crash", "why": f"harness: {error!r}"}
             channel.write(json.dumps(result) + "\n")
@@ -336,13 +337,13 @@ def worker(use_inputs: bool) -> None:
 # ---------------------------------------------------------------- the parent
 
 
-def run_all(models: list[Path], jobs: int, use_inputs: bool, progress: bool) -> list[dict]:
+def run_all(models: list[Path], jobs: int, flags: list[str], progress: bool) -> list[dict]:
     todo: queue.Queue = queue.Queue()
     for m in models:
         todo.put(m)
     results: list[dict] = []
     lock = threading.Lock()
-    command = [sys.executable, __file__, "--worker"] + ([] if use_inputs else ["--random-inputs"])
+    command = [sys.executable, __file__, "--worker", *flags]
 
     def start():
         return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
@@ -407,6 +408,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-j", "--jobs", type=int, default=2)
     parser.add_argument("--random-inputs", action="store_true", help="do not pass --inputs test_data_set_0")
+    parser.add_argument("--no-verify", action="store_true", help="pass --no-verify (exercise every rewrite)")
     parser.add_argument("--node-dir", type=Path, help="where the generated node tests live (made if missing)")
     parser.add_argument("--match", action="append", default=[], help="only models whose kind/name contains this")
     parser.add_argument("--json", type=Path, help="write every result as JSON")
@@ -414,10 +416,11 @@ def main() -> int:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(not args.random_inputs)
+        worker(not args.random_inputs, ("--no-verify",) if args.no_verify else ())
         return 0
     models = [m for m in corpus(args.node_dir) if not args.match or any(s in label(m) for s in args.match)]
-    results = run_all(models, args.jobs, not args.random_inputs, sys.stderr.isatty())
+    flags = [f for f, on in (("--random-inputs", args.random_inputs), ("--no-verify", args.no_verify)) if on]
+    results = run_all(models, args.jobs, flags, sys.stderr.isatty())
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     for r in results:
