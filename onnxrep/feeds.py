@@ -36,8 +36,7 @@ def make_inputs(session: ort.InferenceSession, shapes: dict[str, tuple[int, ...]
     feeds = {}
     for arg in session.get_inputs():
         if not arg.type.startswith("tensor("):
-            raise UnsupportedModel(f"cannot invent a value for input {arg.name!r} of type {arg.type} to verify "
-                                   "the result: pass --inputs DIR (API: inputs=) with real inputs")
+            raise _cannot_invent(arg)
         if arg.name in shapes:
             shape = tuple(shapes[arg.name])
         else:
@@ -46,13 +45,9 @@ def make_inputs(session: ort.InferenceSession, shapes: dict[str, tuple[int, ...]
                 else named_dims.setdefault(d, DEFAULT_BATCH if axis == 0 else DEFAULT_DIM)
                 if isinstance(d, str) else (DEFAULT_BATCH if axis == 0 else DEFAULT_DIM)
                 for axis, d in enumerate(arg.shape))
-        try:
-            dtype = onnx.helper.tensor_dtype_to_np_dtype(_ort_type(arg.type))
-        except (KeyError, ValueError, TypeError):
-            dtype = None
-        if dtype is None or dtype.kind not in "biufO" or _ort_type(arg.type) in _NOT_NUMPY:
-            raise UnsupportedModel(f"cannot invent a value for input {arg.name!r} of type {arg.type} to verify "
-                                   "the result: pass --inputs DIR (API: inputs=) with real inputs")
+        dtype = _numpy_dtype(arg.type)
+        if dtype is None or dtype.kind not in "biufO":
+            raise _cannot_invent(arg)
         if np.issubdtype(dtype, np.floating):
             feeds[arg.name] = rng.standard_normal(shape).astype(dtype)
         elif dtype.kind == "O":  # strings
@@ -62,6 +57,11 @@ def make_inputs(session: ort.InferenceSession, shapes: dict[str, tuple[int, ...]
         else:
             feeds[arg.name] = rng.integers(0, 8, shape).astype(dtype)
     return feeds
+
+
+def _cannot_invent(arg) -> UnsupportedModel:
+    return UnsupportedModel(f"cannot invent a value for input {arg.name!r} of type {arg.type} to verify the "
+                            "result: pass --inputs DIR (API: inputs=) with real inputs")
 
 
 def _ort_type(type_string: str) -> int:
@@ -94,17 +94,18 @@ def inputs_for(session: ort.InferenceSession, given: Inputs | None,
         value = feeds[arg.name]
         if arg.type.startswith("tensor(") and not isinstance(value, np.ndarray):
             feeds[arg.name] = value = np.asarray(value)
-        if isinstance(value, np.ndarray) and arg.type.startswith("tensor(") and value.dtype != object:
-            expected = _numpy_name(arg.type)
-            if expected is not None and value.dtype != np.dtype(expected):
+        if isinstance(value, np.ndarray) and arg.type.startswith("tensor("):
+            expected = _numpy_dtype(arg.type)
+            if expected is not None and expected.kind != "O" and value.dtype != expected:
                 raise BadInputs(f"{where}: input {arg.name!r} is {value.dtype}, the model takes {arg.type}")
     return feeds
 
 
-def _numpy_name(type_string: str) -> np.dtype | None:
+def _numpy_dtype(type_string: str) -> np.dtype | None:
+    """The numpy dtype of an onnxruntime 'tensor(...)' type; None for a type numpy has not exactly."""
     try:
         code = _ort_type(type_string)
-        return None if code in _NOT_NUMPY else onnx.helper.tensor_dtype_to_np_dtype(code)
+        return None if code in _NOT_NUMPY else np.dtype(onnx.helper.tensor_dtype_to_np_dtype(code))
     except (KeyError, ValueError, TypeError):
         return None
 
@@ -197,12 +198,16 @@ def hint(session: ort.InferenceSession, given: Inputs | None) -> str:
     """What to do when onnxruntime cannot run the original on the verification inputs."""
     if given is not None:
         return "(on the inputs given)"
-    integers = [a.name for a in session.get_inputs() if a.type.startswith("tensor(")
-                and _numpy_name(a.type) is not None and _numpy_name(a.type).kind in "iub"]
+    integers = [a.name for a in session.get_inputs() if _is_integer(a.type)]
     if integers:
         return (f"(random values of integer input(s) {', '.join(map(repr, integers))} may be invalid for this "
                 "model: pass --inputs DIR with real inputs, or set --input-shape)")
     return "(set --input-shape, or pass --inputs DIR with real inputs)"
+
+
+def _is_integer(type_string: str) -> bool:
+    dtype = _numpy_dtype(type_string) if type_string.startswith("tensor(") else None
+    return dtype is not None and dtype.kind in "iu"
 
 
 def describe(value: object) -> str:
