@@ -1,14 +1,16 @@
 """Soak run: ``onnxrep optimize`` on every model of the onnx backend test corpus, each outcome classified.
 
     python tools/corpus.py                      # the whole corpus, 2 worker processes
-    python tools/corpus.py -j 4 --json soak.json --show internal --show wrong
+    python tools/corpus.py -j 4 --json soak.json --show internal --show "wrong output"
     python tools/corpus.py --random-inputs      # verify on random inputs instead of test_data_set_0
+    python tools/corpus.py --no-verify          # every accepted model rewritten and written unchecked
 
 The corpus is what the installed ``onnx`` ships under ``onnx/backend/test/data``
 (simple, pytorch-converted, pytorch-operator, real, light; ``real`` has no
 models) plus the node tests, which recent onnx wheels no longer ship: they are
 generated once from ``onnx.backend.test.case.node`` into a cache directory
-(``--node-dir``) exactly as ``backend-test-tools generate-data`` writes them.
+(``~/.cache/onnxrep/onnx-VERSION-node``, or ``--node-dir``) as onnx's own
+``backend-test-tools generate-data`` writes test data.
 
 Every model runs through the CLI's own entry point in a worker process, with
 file descriptors 1 and 2 captured (onnxruntime's C++ logger writes to fd 2
