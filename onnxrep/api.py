@@ -12,6 +12,7 @@ import onnx_graphsurgeon as gs
 
 from onnxrep import engine, io
 from onnxrep.errors import VerificationFailed
+from onnxrep.feeds import Inputs
 from onnxrep.report import ModelStats, Report
 from onnxrep.rules import DEFAULT_RULES, RULES_BY_NAME, Finding, Rule
 
@@ -55,6 +56,7 @@ def optimize(model: onnx.ModelProto | gs.Graph | str | os.PathLike, *,
              input_shapes: dict[str, tuple[int, ...]] | None = None,
              rtol: float | None = None, atol: float | None = None, seed: int = 0,
              progress: Callable[[str], None] | None = None,
+             inputs: Inputs | None = None,
              ) -> tuple[onnx.ModelProto, Report]:
     """Re-parameterize ``model`` (a ModelProto, a graphsurgeon Graph or a path) and verify it.
 
@@ -67,6 +69,8 @@ def optimize(model: onnx.ModelProto | gs.Graph | str | os.PathLike, *,
     :class:`onnxrep.errors.VerificationFailed` (with ``.report``) only when
     nothing can be salvaged. The input ModelProto is not modified.
     ``progress`` is called with the name of each long step as it starts.
+    ``inputs`` (input name → array, or a directory of .pb/.npy tensors) replaces the random
+    verification inputs.
     """
     step = progress or (lambda name: None)
     timings = {}
@@ -103,7 +107,8 @@ def optimize(model: onnx.ModelProto | gs.Graph | str | os.PathLike, *,
         from onnxrep.verify import verify_sizes  # onnxruntime is loaded only to verify
 
         def check_model(candidate: onnx.ModelProto) -> Verification:
-            return verify_sizes(model, candidate, input_shapes=input_shapes, rtol=rtol, atol=atol, seed=seed)
+            return verify_sizes(model, candidate, input_shapes=input_shapes, rtol=rtol, atol=atol, seed=seed,
+                                feeds=inputs)
 
         verification = check_model(optimized)
         dropped: list[Finding] = []

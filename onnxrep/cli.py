@@ -98,6 +98,7 @@ class Job:
     external_data: bool = False
     debug: bool = False
     progress: bool = False
+    inputs: str | None = None
 
 
 @dataclass
@@ -127,7 +128,7 @@ def _run_job(job: Job, progress) -> Outcome:
         output = io.check_output_path(job.output_path, job.input_path, job.force)
         model, report = optimize(job.input_path, rules=select_rules(job.only, job.skip), check=job.check,
                                  input_shapes=dict(job.input_shapes), seed=job.seed, progress=progress,
-                                 **tolerances)
+                                 inputs=job.inputs, **tolerances)
         if progress is not None:
             progress("save")
         start = time.perf_counter()
@@ -137,7 +138,8 @@ def _run_job(job: Job, progress) -> Outcome:
         return Outcome(job, 0, None, report)
     except OnnxrepError as error:
         message = f"onnxrep: error: {error}"
-        if isinstance(error, UnsupportedModel) and job.check and str(error).startswith("onnxruntime cannot run"):
+        if isinstance(error, UnsupportedModel) and job.check and str(error).startswith(
+                ("onnxruntime cannot run", "cannot invent")):
             message += "; cannot verify the result, nothing written (--no-verify skips the check)"
         return Outcome(job, error.exit_code, message, getattr(error, "report", None))
     except Exception as error:  # a bug: one line, not a traceback, unless asked
@@ -211,6 +213,9 @@ def _below(path: Path, directory: Path) -> bool:
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:DxD..",
               help="Shape for an input with dynamic dims during verification (repeatable).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
+@click.option("--inputs", "inputs_dir", metavar="DIR", type=click.Path(path_type=str),
+              help="Verify on these inputs instead of random ones: .pb TensorProtos (matched to inputs by "
+                   "name, else in order: input_0.pb, input_1.pb, ...) or NAME.npy files.")
 @click.option("--only", multiple=True, metavar="RULE", help="Run only this rule (repeatable).")
 @click.option("--skip", multiple=True, metavar="RULE", help="Do not run this rule (repeatable).")
 @click.option("--external-data", is_flag=True,
@@ -222,7 +227,7 @@ def _below(path: Path, directory: Path) -> bool:
 @click.option("-v", "--verbose", is_flag=True, help="List every rewrite and every refusal.")
 @click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
 def optimize_command(paths, output_dir, recursive, jobs, force, no_verify, rtol, atol, input_shapes, seed,
-                     only, skip, external_data, json_path, html_path, quiet, verbose, debug) -> None:
+                     inputs_dir, only, skip, external_data, json_path, html_path, quiet, verbose, debug) -> None:
     """Re-parameterize IN and write the verified result to OUT (or many INs into OUTDIR)."""
     from onnxrep.api import select_rules
 
@@ -232,7 +237,7 @@ def optimize_command(paths, output_dir, recursive, jobs, force, no_verify, rtol,
         raise click.BadParameter(str(error)) from None
     options = dict(only=tuple(only), skip=tuple(skip), force=force, check=not no_verify,
                    input_shapes=_input_shapes(input_shapes), rtol=rtol, atol=atol,
-                   seed=seed, external_data=external_data, debug=debug)
+                   seed=seed, external_data=external_data, debug=debug, inputs=inputs_dir)
     if output_dir is not None:
         if html_path:
             raise click.UsageError("--html draws one model: give IN and OUT, or run inspect --html on each")

@@ -9,7 +9,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
-from onnxrep import io
+from onnxrep import io, types
 from onnxrep.graph import Context
 from onnxrep.report import Report
 from onnxrep.rules import Finding, Rule
@@ -75,10 +75,15 @@ def _producer_name(match) -> str:
 
 
 def _take_arrays(graph: gs.Graph) -> dict[str, np.ndarray]:
-    """The top-level weights held as numpy arrays, each replaced by an empty one of its dtype."""
+    """The top-level weights held as numpy arrays, each replaced by an empty one of its dtype.
+
+    A weight a subgraph also reads stays: the exporter copies it into that subgraph too.
+    """
     arrays = {}
+    in_subgraphs = {id(t) for g in graph.subgraphs(recursive=True) for t in g.tensors().values()}
     for tensor in graph.tensors().values():
-        if (isinstance(tensor, gs.Constant) and isinstance(tensor._values, np.ndarray)
+        if (isinstance(tensor, gs.Constant) and id(tensor) not in in_subgraphs
+                and isinstance(tensor._values, np.ndarray)
                 and tensor._values.dtype.kind in "biuf" and tensor.export_dtype == tensor.dtype
                 and tensor.data_location is None):
             arrays[tensor.name] = tensor.values
@@ -153,7 +158,9 @@ def export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
     bytes, so that weights are never held twice in full.
     """
     arrays = _take_arrays(graph)
+    types.untype_non_tensors(graph)
     model = gs.export_onnx(graph, do_type_check=False)
+    types.restore_types(model, original)
     for tensor in model.graph.initializer:
         array = arrays.pop(tensor.name, None)
         if array is not None:

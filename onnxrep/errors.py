@@ -11,6 +11,12 @@ class OnnxrepError(Exception):
     exit_code = 1
 
 
+class BadInputs(OnnxrepError):
+    """Verification inputs (``--inputs DIR``, ``inputs=``) that do not fit the model: bad usage."""
+
+    exit_code = 2
+
+
 class InputNotFound(OnnxrepError):
     exit_code = 3
 
@@ -43,7 +49,7 @@ class VerificationFailed(OnnxrepError):
 EXIT_CODES = (
     (0, "success: the optimized model was written"),
     (1, "internal error in onnxrep (a bug: please report it, with --debug output)"),
-    (2, "bad command-line usage"),
+    (2, "bad command-line usage, or --inputs DIR that does not fit the model's inputs"),
     (3, "input file missing, unreadable or not a regular file"),
     (4, "input is not an ONNX model"),
     (5, "input is a truncated or corrupt ONNX model, fails the ONNX checker, or has external data that is "

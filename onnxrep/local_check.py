@@ -117,6 +117,8 @@ def plan(original: onnx.ModelProto, optimized: onnx.ModelProto) -> Plan:
         if old is not None and _same_node(old, node, old_weights, new_weights):
             kept.add(index)
             continue
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            continue  # If, Loop, Scan: their bodies read outer tensors by name; checked end to end only
         result.changed.append(node)
         result.reads += [i for i in node.input if i in anchors and i not in new_weights]
         result.writes += [o for o in node.output if o in computed]

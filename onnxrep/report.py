@@ -219,8 +219,9 @@ def _verification_line(v: Verification | None) -> str:
     return ", ".join(parts)
 
 
-def _shapes(shapes: dict[str, tuple[int, ...]]) -> str:
-    return ", ".join(f"{k}={'x'.join(map(str, s))}" for k, s in shapes.items())
+def _shapes(shapes: dict[str, tuple[int, ...] | str]) -> str:
+    return ", ".join(f"{k}={s if isinstance(s, str) else 'x'.join(map(str, s))}"  # str: a sequence, say
+                     for k, s in shapes.items())
 
 
 def _verification_dict(v: Verification | None) -> dict | None:

@@ -36,6 +36,7 @@ import onnx
 from onnx import numpy_helper
 from onnx.external_data_helper import load_external_data_for_model
 
+from onnxrep import feeds as feeding
 from onnxrep import local_check
 from onnxrep.errors import UnsupportedModel
 from onnxrep.io import too_big_for_protobuf
@@ -54,9 +55,6 @@ if TYPE_CHECKING:
 NOISE_MULTIPLE = 8.0
 #: Whatever the noise floor, outputs may differ by this many roundoffs of their largest value.
 OUTPUT_ROUNDING = local_check.ROUNDING_FACTOR
-#: Dynamic dims default to these; ``--input-shape`` overrides them.
-DEFAULT_BATCH = 1
-DEFAULT_DIM = 32
 #: Weights perturbed for the noise floor: those read by these ops (the layers rewrites touch), and
 #: per-channel constants (2 elements or more) of these elementwise ops. Scalars are left alone: they
 #: also feed shape arithmetic, where a perturbation could change a floor() and so a shape.
@@ -114,8 +112,18 @@ def _options() -> ort.SessionOptions:
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # onnxruntime's own log lines would break our one-line errors
+    ort.set_default_logger_severity(4)
     return options
+
+
+def _run(session: ort.InferenceSession, names: list[str], feeds: dict) -> list:
+    """``session.run`` with onnxruntime's own logging off (3 still lets its error lines through)."""
+    import onnxruntime as ort
+
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = 4
+    return session.run(names, feeds, quiet)
 
 
 @contextmanager
@@ -147,36 +155,6 @@ def _session(source: bytes | str, options: ort.SessionOptions | None = None) -> 
 def _first_line(error: Exception) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
-
-
-def make_inputs(session: ort.InferenceSession, shapes: dict[str, tuple[int, ...]],
-                seed: int) -> dict[str, np.ndarray]:
-    """Seeded random inputs; dynamic dims take ``shapes`` or the defaults, one value per dim name."""
-    rng = np.random.default_rng(seed)
-    named_dims: dict[str, int] = {}
-    feeds = {}
-    for arg in session.get_inputs():
-        if arg.name in shapes:
-            shape = tuple(shapes[arg.name])
-        else:
-            shape = tuple(
-                d if isinstance(d, int) and d > 0
-                else named_dims.setdefault(d, DEFAULT_BATCH if axis == 0 else DEFAULT_DIM)
-                if isinstance(d, str) else (DEFAULT_BATCH if axis == 0 else DEFAULT_DIM)
-                for axis, d in enumerate(arg.shape))
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(_ort_type(arg.type))
-        if np.issubdtype(dtype, np.floating):
-            feeds[arg.name] = rng.standard_normal(shape).astype(dtype)
-        elif dtype == np.bool_:
-            feeds[arg.name] = rng.integers(0, 2, shape).astype(np.bool_)
-        else:
-            feeds[arg.name] = rng.integers(0, 8, shape).astype(dtype)
-    return feeds
-
-
-def _ort_type(type_string: str) -> int:
-    """'tensor(float16)' → TensorProto.FLOAT16."""
-    return onnx.TensorProto.DataType.Value(type_string.removeprefix("tensor(").removesuffix(")").upper())
 
 
 def compare(name: str, reference: np.ndarray, actual: np.ndarray, noise: np.ndarray | None,
@@ -277,8 +255,9 @@ def _fan_in(node: onnx.NodeProto, position: int, shape: tuple[int, ...]) -> int:
 def verify(original: onnx.ModelProto, optimized: onnx.ModelProto, *,
            input_shapes: dict[str, tuple[int, ...]] | None = None,
            rtol: float | None = None, atol: float | None = None, seed: int = 0,
-           local: bool = True) -> Verification:
-    """``local=False`` checks the outputs only: for two graphs whose tensor names do not correspond
+           local: bool = True, feeds: feeding.Inputs | None = None) -> Verification:
+    """Both models on ``feeds`` (a directory of .pb/.npy files, or name → value) or seeded random inputs.
+    ``local=False`` checks the outputs only: for two graphs whose tensor names do not correspond
     (a training graph and its author's deploy graph).
 
     Runs what is needed and no more: the original (exposing the tensors the local
@@ -291,7 +270,7 @@ def verify(original: onnx.ModelProto, optimized: onnx.ModelProto, *,
     checks = local_check.plan(original, optimized) if local else local_check.Plan()
     with tempfile.TemporaryDirectory(prefix="onnxrep-verify-") as tmp_dir, ExitStack() as sources:
         names, feeds, reference, skipped, source = _run_original(original, checks, input_shapes or {}, seed,
-                                                                 tmp_dir, sources)
+                                                                 feeds, tmp_dir, sources)
         try:
             actual, computed, why = _run_optimized(optimized, checks, reference, feeds, names, tmp_dir)
         except _OptimizedFailed as error:
@@ -305,12 +284,14 @@ def verify(original: onnx.ModelProto, optimized: onnx.ModelProto, *,
             for anchor, magnitude in _original_magnitudes(original, checks, failing, reference, feeds).items():
                 value, own = computed[anchor]
                 results[anchor] = local_check.compare(anchor, reference[anchor], value, own + magnitude)
-        pairs = [(n, a) for n, a in zip(names, actual) if isinstance(reference[n], np.ndarray)]
-        outputs = [compare(n, reference[n], a, None, rtol, atol) for n, a in pairs]
+        # a sequence's elements are outputs of their own: name[i]
+        leaves = list(feeding.leaves((n, reference[n], a) for n, a in zip(names, actual)))
+        outputs = [compare(n, r, a, None, rtol, atol) for n, r, a in leaves]
         tolerance = "rounding" if rtol is None and atol is None else f"rtol {rtol or 0:g}, atol {atol or 0:g}"
         if tolerance == "rounding" and not all(o.passed for o in outputs):
             noise = _run_noise(original, source, feeds, names, seed)
-            outputs, tolerance = [compare(n, reference[n], a, noise.get(n)) for n, a in pairs], "noise floor"
+            moved = {n: m for n, _, m in feeding.leaves((n, reference[n], noise[n]) for n in names)}
+            outputs, tolerance = [compare(n, r, a, moved.get(n)) for n, r, a in leaves], "noise floor"
     skipped = skipped or why or (None if local else "not asked for")
     locals_ = (*results.values(), *_check_folded(optimized, checks, reference))
     passed = all(c.passed for c in outputs) and all(c.passed for c in locals_)
@@ -353,9 +334,9 @@ def second_size(model: onnx.ModelProto) -> dict[str, tuple[int, ...]] | None:
 def verify_sizes(original: onnx.ModelProto, optimized: onnx.ModelProto, *,
                  input_shapes: dict[str, tuple[int, ...]] | None = None, **options) -> Verification:
     """:func:`verify` at the given (or default) input shapes and, for a model with dynamic dims and no
-    shapes given, again at :func:`second_size` where the original runs there."""
+    shapes or inputs given, again at :func:`second_size` where the original runs there."""
     first = verify(original, optimized, input_shapes=input_shapes, **options)
-    shapes = None if input_shapes else second_size(original)
+    shapes = None if input_shapes or options.get("feeds") is not None else second_size(original)
     if shapes is None:
         return first
     try:
@@ -372,7 +353,7 @@ def _describe(shapes: dict[str, tuple[int, ...]]) -> str:
     return ", ".join(f"{k}={'x'.join(map(str, s))}" for k, s in shapes.items())
 
 
-def _run_original(original, checks, input_shapes, seed, tmp_dir, sources: ExitStack):
+def _run_original(original, checks, input_shapes, seed, given, tmp_dir, sources: ExitStack):
     """The original's outputs and the tensors the local checks need, on the seeded inputs; and what
     its session was made from (the noise run reuses it)."""
     outputs = [o.name for o in original.graph.output]
@@ -386,12 +367,12 @@ def _run_original(original, checks, input_shapes, seed, tmp_dir, sources: ExitSt
         exposed, skipped = [], f"onnxruntime cannot expose the original's intermediate tensors ({error})"
         source = sources.enter_context(_source(original, tmp_dir, "plain"))
         session = _session(source)
-    feeds = make_inputs(session, input_shapes, seed)
+    feeds = feeding.inputs_for(session, given, input_shapes, seed)
     try:
-        values = session.run(outputs + exposed, feeds)
+        values = _run(session, outputs + exposed, feeds)
     except Exception as error:
         raise UnsupportedModel(f"onnxruntime cannot run the original model on inputs "
-                               f"{_shapes(feeds)}: {_first_line(error)} (set --input-shape)") from None
+                               f"{_shapes(feeds)}: {_first_line(error)} {feeding.hint(session, given)}") from None
     return outputs, feeds, dict(zip(outputs + exposed, values)), skipped, source
 
 
@@ -399,9 +380,12 @@ def _original_magnitudes(original, checks, anchors, reference, feeds) -> dict[st
     """The magnitudes the original's own sums rounded, for these rewritten tensors: a small model of
     just the nodes that compute them, fed with the original's values."""
     model, extra, names = local_check.original_magnitudes(original, checks, anchors, {**reference, **feeds})
-    session = _session(model.SerializeToString())
+    try:
+        session = _session(model.SerializeToString())
+    except UnsupportedModel:  # a region onnxruntime will not run on its own: those checks stay failed
+        return {}
     wanted = list(dict.fromkeys(names.values()))
-    values = dict(zip(wanted, session.run(wanted, extra)))
+    values = dict(zip(wanted, _run(session, wanted, extra)))
     return {anchor: values[name] for anchor, name in names.items()}
 
 
@@ -415,7 +399,7 @@ def _run_noise(original, source, feeds, names, seed) -> dict[str, np.ndarray]:
     for name, value in values.items():
         options.add_initializer(name, value)
     session = _session(source, options)
-    return dict(zip(names, session.run(names, feeds)))
+    return dict(zip(names, _run(session, names, feeds)))
 
 
 class _OptimizedFailed(Exception):
@@ -432,12 +416,12 @@ def _run_optimized(optimized, checks, reference, feeds, names, tmp_dir):
         try:
             with _source(optimized, tmp_dir, "optimized") as source:
                 session = _session(source)
-            return session.run(names, feeds), {}, f"the local copies would not load ({error})"
+            return _run(session, names, feeds), {}, f"the local copies would not load ({error})"
         except Exception as failure:
             raise _OptimizedFailed(_first_line(failure)) from None
     extra_names = [o for c in compared for o in c[1:]]
     try:
-        values = session.run(names + extra_names, {**feeds, **extra})
+        values = _run(session, names + extra_names, {**feeds, **extra})
     except Exception as error:
         raise _OptimizedFailed(_first_line(error)) from None
     local_values = dict(zip(extra_names, values[len(names):]))
@@ -466,5 +450,5 @@ def _exposing(model: onnx.ModelProto, names: list[str]) -> Iterator[onnx.ModelPr
         del model.graph.output[len(model.graph.output) - len(names):]
 
 
-def _shapes(feeds: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
-    return {k: tuple(v.shape) for k, v in feeds.items()}
+def _shapes(feeds: dict[str, object]) -> dict[str, tuple[int, ...] | str]:
+    return {k: tuple(v.shape) if isinstance(v, np.ndarray) else feeding.describe(v) for k, v in feeds.items()}

@@ -25,7 +25,8 @@ import onnx
 import onnxruntime as ort
 
 import onnxrep
-from onnxrep.verify import make_inputs, verify
+from onnxrep.feeds import make_inputs
+from onnxrep.verify import verify
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
