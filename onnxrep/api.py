@@ -110,22 +110,7 @@ def optimize(model: onnx.ModelProto | gs.Graph | str | os.PathLike, *,
             return verify_sizes(model, candidate, input_shapes=input_shapes, rtol=rtol, atol=atol, seed=seed,
                                 feeds=inputs)
 
-        verification = check_model(optimized)
-        dropped: list[Finding] = []
-        for _ in range(MAX_ROLLBACK_ROUNDS):
-            if verification.passed or not report.applied:
-                break
-            culprits = _culprits(model, rules, report.applied, {(f.rule, f.where) for f in dropped},
-                                 verification, check_model)
-            if not culprits:
-                break
-            for finding in culprits:
-                step(f"roll back {finding.rule} at {finding.where}")
-            dropped += culprits
-            optimized, report = _rewrite(model, rules, blocked={(f.rule, f.where) for f in dropped})
-            verification = check_model(optimized)
-        report.dropped = dropped
-        report.verification = verification
+        optimized, report = _verified(model, rules, optimized, report, check_model, step)
         timings["verify"] = time.perf_counter() - start
     report.before, report.after = before, ModelStats.of(optimized)
     report.seconds = timings
@@ -133,6 +118,28 @@ def optimize(model: onnx.ModelProto | gs.Graph | str | os.PathLike, *,
         error = VerificationFailed(f"verification failed: {_failure(report.verification)}; nothing written")
         error.report = report
         raise error
+    return optimized, report
+
+
+def _verified(model, rules, optimized, report, check_model, step) -> tuple[onnx.ModelProto, Report]:
+    """Verify ``optimized``; while it fails, roll back the culprits (at most MAX_ROLLBACK_ROUNDS
+    rounds) and rewrite again. The report gets ``dropped`` and the last ``verification``."""
+    verification = check_model(optimized)
+    dropped: list[Finding] = []
+    for _ in range(MAX_ROLLBACK_ROUNDS):
+        if verification.passed or not report.applied:
+            break
+        culprits = _culprits(model, rules, report.applied, {(f.rule, f.where) for f in dropped},
+                             verification, check_model)
+        if not culprits:
+            break
+        for finding in culprits:
+            step(f"roll back {finding.rule} at {finding.where}")
+        dropped += culprits
+        optimized, report = _rewrite(model, rules, blocked={(f.rule, f.where) for f in dropped})
+        verification = check_model(optimized)
+    report.dropped = dropped
+    report.verification = verification
     return optimized, report
 
 
