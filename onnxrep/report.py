@@ -208,8 +208,8 @@ def _verification_line(v: Verification | None) -> str:
         parts.append(f"no local checks ({v.local_skipped})")
     bound = {"noise floor": f"noise floor {v.noise_floor:.2g}", "rounding": "within rounding"}.get(
         v.tolerance, v.tolerance)
-    parts.append(f"outputs max error {v.max_abs_error:.2g} ({bound}) over {len(v.outputs)} output(s)")
-    failing_outputs = [o.name for o in v.outputs if not o.passed]
+    parts.append(f"outputs max error {v.max_abs_error:.2g} ({bound}) over {len({o.name for o in v.outputs})} output(s)")
+    failing_outputs = list(dict.fromkeys(o.name for o in v.outputs if not o.passed))
     if failing_outputs:
         parts.append(f"differing outputs: {', '.join(failing_outputs)}")
     parts.append(f"inputs {shapes}")
