@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,10 +29,11 @@ def rewrite_graph(graph: gs.Graph, rules: Sequence[Rule], report: Report,
                   blocked: set[tuple[str, str]] | frozenset = frozenset()) -> None:
     """Apply ``rules`` to a fixed point. Refusals are those of the last sweep (the final graph).
 
-    A rewrite is keyed ``(rule name, rewritten tensor)``; ``report.applied`` lists
-    the keys in order. ``allowed`` (when given) limits the run to those keys,
-    ``blocked`` holds keys never to apply: rollback uses both.
+    The engine keys each rewrite (see :func:`rewrite_key`); ``report.applied``
+    lists the keys in order. ``allowed`` (when given) limits the run to those
+    keys, ``blocked`` holds keys never to apply: rollback uses both.
     """
+    done: Counter[tuple[str, str]] = Counter()  # rewrites applied so far, per (rule, tensor)
     for sweep in range(1, MAX_SWEEPS + 1):
         report.sweeps = sweep
         findings: list[Finding] = []
@@ -46,7 +48,8 @@ def rewrite_graph(graph: gs.Graph, rules: Sequence[Rule], report: Report,
                 if isinstance(item, Finding):
                     findings.append(item)
                     continue
-                key = (rule.name, item.output)  # read before the rewrite detaches the nodes
+                at = (rule.name, item.output)  # read before the rewrite detaches the nodes
+                key = rewrite_key(at, done)
                 if key in blocked or (allowed is not None and key not in allowed):
                     continue  # rolled back (the caller reports it), or outside a bisection prefix
                 ids = {id(n) for n in item.nodes}
@@ -57,6 +60,7 @@ def rewrite_graph(graph: gs.Graph, rules: Sequence[Rule], report: Report,
                 rule.rewrite(ctx, item)
                 _release(weights, ctx)
                 report.fired[rule.name] += 1
+                done[at] += 1
                 report.applied.append(key)
             if touched:
                 changed = True
@@ -64,6 +68,19 @@ def rewrite_graph(graph: gs.Graph, rules: Sequence[Rule], report: Report,
         if not changed:
             report.refusals = list(dict.fromkeys(findings))
             return
+
+
+def rewrite_key(at: tuple[str, str], done: Counter[tuple[str, str]]) -> tuple[str, str]:
+    """The key of the next rewrite of a rule at a tensor, ``at = (rule, output)``: ``at`` for the first
+    applied in a run, ``(rule, "output#N")`` for the N-th (two merge_concat runs on one Concat).
+
+    Numbered by the rewrites *applied* so far, so a key is the same from run to run as long as the
+    rewrites before it are. A blocked key stays blocked for the rest of the run: the next rewrite
+    at that tensor would take its number, so it is not applied either (conservative, never wrong).
+    """
+    rule, output = at
+    count = done[at]
+    return at if not count else (rule, f"{output}#{count + 1}")
 
 
 def _take_arrays(graph: gs.Graph) -> dict[str, np.ndarray]:

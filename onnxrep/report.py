@@ -38,7 +38,7 @@ class Report:
     verification: Verification | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     sweeps: int = 0
-    applied: list[tuple[str, str]] = field(default_factory=list)  # (rule, rewritten tensor), in order
+    applied: list[tuple[str, str]] = field(default_factory=list)  # (rule, tensor[#N]) keys, in order
     dropped: list[Finding] = field(default_factory=list)  # rewrites rolled back: verification failed
 
     def to_dict(self) -> dict:
