@@ -69,10 +69,12 @@ def lift(node: gs.Node | None, ctx: Context, hint: Hint = NO_HINT) -> Lifted | R
 
 
 def _weight(tensor: gs.Tensor, node: gs.Node, ctx: Context, what: str) -> np.ndarray | Refusal:
+    """A constant weight read by ``node`` only; a bias may be shared (exporters merge equal biases,
+    all zeros at init, into one tensor): it is copied, and a copy of a vector costs nothing."""
     value = ctx.constant(tensor, f"{what} of {node.name or node.op}")
     if isinstance(value, Refusal):
         return value
-    shared = sharing(tensor, node, ctx)
+    shared = sharing(tensor, node, ctx) if what != "bias" or value.ndim > 2 else None
     if shared is not None:
         return shared
     if value.dtype.type not in FLOAT_TYPES:

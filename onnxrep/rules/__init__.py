@@ -71,12 +71,12 @@ class Rule:
 
 # The rule modules import Rule and Finding from here, so they come after them.
 from onnxrep.rules import (  # noqa: E402
-    drop_reshape_roundtrip,
     fold_bias_pad,
     fold_constants,
     fold_conv_affine,
     fold_pad_conv,
     fold_reshaped_affine,
+    fold_reshapes,
     fold_sequential,
     fold_whole_write,
     merge_concat,
@@ -91,7 +91,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     fold_pad_conv.RULE,
     fold_conv_affine.RULE,
     fold_reshaped_affine.RULE,
-    drop_reshape_roundtrip.RULE,
+    fold_reshapes.RULE,
     fold_bias_pad.RULE,
     fold_sequential.RULE,
     merge_parallel.RULE,

@@ -71,8 +71,8 @@ def _match(op, ctx: Context) -> ConvAffine | Finding | None:
         return Finding(NAME, where, refusal.reason)
     if affine.layout != linear.layout:
         return Finding(NAME, where, f"{op.op} is not per-channel: it runs along axis {affine.layout.axis} of "
-                                    f"{affine.layout.rank}, the {linear.nodes[0].op}'s channels are axis {linear.layout.axis} "
-                                    f"of {linear.layout.rank}")
+                                    f"{affine.layout.rank}, the {linear.nodes[0].op}'s channels are axis "
+                                    f"{linear.layout.axis} of {linear.layout.rank}")
     with_bias = linear.has_bias or affine.has_bias
     if lower.node_count(linear.layout, linear.spec, with_bias) >= len(linear.nodes) + 1:
         return None  # a MatMul and the Add that is its bias: already as small as it gets

@@ -79,12 +79,12 @@ def find(ctx: Context) -> Iterator[Chain | Finding]:
             continue
         first = producer(second.inputs[0])
         where = f"{first.name} → {second.name}"
-        if not ctx.private(second.inputs[0], second):
-            yield Finding(NAME, where, f"the intermediate is also read by {ctx.readers(second.inputs[0], second)}")
-            continue
         pair = _lift_pair(first, second, ctx)
         if pair is None or (isinstance(pair, tuple) and pair[0].nodes != (first,)):
             continue  # an Add of two computed tensors (not an affine), or a MatMul's bias: not a chain of two
+        if not ctx.private(second.inputs[0], second):
+            yield Finding(NAME, where, f"the intermediate is also read by {ctx.readers(second.inputs[0], second)}")
+            continue
         if isinstance(pair, Refusal):
             yield Finding(NAME, where, pair.reason)
             continue

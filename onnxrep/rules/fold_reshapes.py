@@ -1,16 +1,16 @@
-"""drop_reshape_roundtrip: Reshape/Flatten chains that give a tensor back its own shape are dropped.
+"""fold_reshapes: a chain of Reshape/Flatten ops becomes one Reshape, or nothing.
 
 Before:  X → Flatten → T → Reshape(shape of X) → Y      (what fold_reshaped_affine leaves of LeViT's
                                                         ``bn(x.flatten(0, 1)).reshape_as(x)``)
-After:   the readers of Y read X
+After:   the readers of Y read X          (X → Reshape(Y's shape) → Y when the shapes differ)
 
-Reshape and Flatten never move an element in row-major order, so a chain of
-them whose output has the input's shape is the identity.
+Reshape and Flatten never move an element in row-major order: a chain of
+them is one Reshape to its last shape, and the identity when that is X's.
 
 Conditions:
   1. The chain is Reshape and Flatten only; its intermediates are read by the
-     next op only; Y is not a graph output (its name would be lost).
-  2. X's and Y's shapes are static and equal.
+     next op only. Dropped: Y is not a graph output (its name would be lost).
+  2. Y's shape is static (and equal to X's, to drop the chain).
 """
 
 from __future__ import annotations
@@ -18,18 +18,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxrep.graph import Context, is_op, producer
 from onnxrep.rules import Rule
 
-NAME = "drop_reshape_roundtrip"
+NAME = "fold_reshapes"
 OPS = ("Reshape", "Flatten")
 
 
 @dataclass(frozen=True, eq=False)
-class Roundtrip:
+class ReshapeChain:
     chain: tuple[gs.Node, ...]  # in order; the last one writes Y
+    same: bool  # Y has X's shape
 
     @property
     def output(self) -> str:
@@ -48,10 +50,10 @@ def _start(last: gs.Node, ctx: Context) -> list[gs.Node]:
     return chain
 
 
-def find(ctx: Context) -> Iterator[Roundtrip]:
+def find(ctx: Context) -> Iterator[ReshapeChain]:
     top = {id(n) for n in ctx.graph.nodes}
     for last in ctx.nodes():
-        if not is_op(last, *OPS) or id(last.outputs[0]) in ctx.graph_outputs:
+        if not is_op(last, *OPS):
             continue
         if any(id(reader) not in top for reader in last.outputs[0].outputs):
             continue  # read inside a subgraph
@@ -59,21 +61,27 @@ def find(ctx: Context) -> Iterator[Roundtrip]:
             continue  # not the end of its chain
         chain = _start(last, ctx)
         after = ctx.dims(last.outputs[0])
-        if after is None or None in after:
+        if after is None or None in after or 0 in after:
             continue
-        for i, node in enumerate(chain):  # the longest round trip: from the earliest input with Y's shape
-            if ctx.dims(node.inputs[0]) == after:
-                yield Roundtrip(tuple(chain[i:]))
-                break
+        same = id(last.outputs[0]) not in ctx.graph_outputs and ctx.dims(chain[0].inputs[0]) == after
+        if same or len(chain) > 1:
+            yield ReshapeChain(tuple(chain), same)
 
 
-def rewrite(ctx: Context, match: Roundtrip) -> None:
+def rewrite(ctx: Context, match: ReshapeChain) -> None:
     source, output = match.chain[0].inputs[0], match.chain[-1].outputs[0]
+    shape = np.array(ctx.dims(output), np.int64)
+    ctx.detach(match.chain)
+    if not match.same:
+        name = ctx.unique(match.chain[-1].name or "Reshape")
+        target = gs.Constant(ctx.unique(f"{name}.shape"), shape)
+        ctx.graph.nodes.append(gs.Node("Reshape", name, inputs=[source, target], outputs=[output]))
+        return
     for reader in list(output.outputs):
         for i, tensor in enumerate(reader.inputs):
             if tensor is output:
                 reader.inputs[i] = source
-    ctx.detach(match.chain)
 
 
-RULE = Rule(NAME, "Reshape/Flatten chain back to its input's static shape → dropped", find, rewrite)
+RULE = Rule(NAME, "Reshape/Flatten chain → one Reshape to its static shape, or nothing when that is its input's",
+            find, rewrite)
