@@ -88,3 +88,19 @@ def test_refuses_reshaped_features_read_elsewhere():
     _, report = optimize_and_check(b.model(), {"MatMul": 1, "Add": 1, "Flatten": 1, "BatchNormalization": 1,
                                                "Relu": 1})
     assert "also read by" in reasons(report)
+
+
+def test_scalar_after_a_head_split():
+    """Attention's q · scale after q is split into heads: a scalar folds through any reshape."""
+    b, x = tokens(97)
+    heads = b.node("Transpose", [b.node("Reshape", [linear(b, x), shape(b, B, T, 2, 3)])], perm=[0, 2, 1, 3])
+    b.output(b.node("Mul", [heads, b.constant(np.float32(0.25))]))
+    optimize_and_check(b.model(), {"MatMul": 1, "Add": 1, "Reshape": 1, "Transpose": 1})
+
+
+def test_refuses_vector_after_a_head_split():
+    b, x = tokens(98)
+    heads = b.node("Reshape", [linear(b, x), shape(b, B, T, 2, 3)])
+    b.output(b.node("Mul", [heads, vector(b, (3,))]))
+    _, report = optimize_and_check(b.model(), {"MatMul": 1, "Add": 1, "Reshape": 1, "Mul": 1})
+    assert "mixes the feature axis" in reasons(report)

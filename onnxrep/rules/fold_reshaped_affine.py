@@ -16,7 +16,9 @@ Conditions:
   1. T0 and every tensor of the chain are read by the next op only (no graph output).
   2. The linear lifts (constant weights read by it only); the affine is per
      channel along the axis the chain carries the features to (a BN with
-     constant parameters in inference mode, read by no other node).
+     constant parameters in inference mode, read by no other node), or by
+     scalars (then the chain may do anything to the feature axis: attention's
+     ``q · scale`` after the split into heads).
   3. The dims from the channel axis on are static at every step.
 """
 
@@ -30,6 +32,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxrep import kernels, lower
+from onnxrep.affine import Affine, affine
 from onnxrep.graph import Context, constant_value, is_op, producer
 from onnxrep.lift import AFFINE_OPS, Hint, Layout, Lifted, lift
 from onnxrep.rules import Finding, Rule
@@ -89,6 +92,18 @@ def _private(match_nodes: list[gs.Node], ctx: Context) -> Refusal | None:
     return None
 
 
+def _features_axis(linear: Lifted, chain: list[gs.Node], op: gs.Node, ctx: Context) -> Layout | None | Refusal:
+    """The layout of the features at the end of the chain; None for an affine by scalars, which
+    folds whatever the reshapes did to the feature axis (attention's ``q · scale`` after the head split)."""
+    axis = linear.layout.axis
+    for node in chain:
+        axis = _moved_axis(node, axis, ctx)
+        if isinstance(axis, Refusal):
+            scalar = affine(op, ctx, None)
+            return None if isinstance(scalar, Affine) and scalar.scale.size == scalar.shift.size == 1 else axis
+    return Layout(len(ctx.dims(chain[-1].outputs[0])), axis)
+
+
 def _match(op: gs.Node, ctx: Context) -> Reshaped | Finding | None:
     found = _chain(op, ctx)
     if found is None:
@@ -98,19 +113,16 @@ def _match(op: gs.Node, ctx: Context) -> Reshaped | Finding | None:
     if not isinstance(linear, Lifted) or not linear.linear:
         return None
     where = f"{start.name} → {len(chain)} reshape(s) → {op.name}"
-    axis = linear.layout.axis
-    for node in chain:
-        axis = _moved_axis(node, axis, ctx)
-        if isinstance(axis, Refusal):
-            return Finding(NAME, where, axis.reason)
-    rank = len(ctx.dims(chain[-1].outputs[0]))
-    affine = lift(op, ctx, Hint(Layout(rank, axis), linear.spec.out_channels))
-    if affine is None:
+    layout = _features_axis(linear, chain, op, ctx)
+    if isinstance(layout, Refusal):
+        return Finding(NAME, where, layout.reason)
+    lifted = lift(op, ctx, Hint(layout or linear.layout, linear.spec.out_channels))
+    if lifted is None:
         return None
-    refusal = affine if isinstance(affine, Refusal) else _private([linear.nodes[-1], *chain, op], ctx)
-    if refusal is None and affine.layout != Layout(rank, axis):
-        refusal = Refusal(f"{op.op} runs along axis {affine.layout.axis}; the features are on axis {axis}")
-    return Finding(NAME, where, refusal.reason) if refusal is not None else Reshaped(linear, tuple(chain), affine)
+    refusal = lifted if isinstance(lifted, Refusal) else _private([linear.nodes[-1], *chain, op], ctx)
+    if refusal is None and layout is not None and lifted.layout != layout:
+        refusal = Refusal(f"{op.op} runs along axis {lifted.layout.axis}; the features are on axis {layout.axis}")
+    return Finding(NAME, where, refusal.reason) if refusal is not None else Reshaped(linear, tuple(chain), lifted)
 
 
 def find(ctx: Context) -> Iterator[Reshaped | Finding]:
