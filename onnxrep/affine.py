@@ -9,6 +9,7 @@ vector: a layer scale on channels-last tokens).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +22,8 @@ from onnxrep.spec import Refusal
 FLOAT_TYPES = (np.float16, np.float32, np.float64)
 ELEMENTWISE = ("Mul", "Div", "Add", "Sub", "Neg")
 AFFINE_OPS = ("BatchNormalization", *ELEMENTWISE)
+#: Ops that move elements without changing them: the channel axis is followed through them.
+SHAPE_OPS = ("Reshape", "Flatten", "Transpose")
 
 
 @dataclass(frozen=True)
@@ -180,3 +183,21 @@ def batchnorm(node: gs.Node, ctx: Context) -> Affine | Refusal:
     scale, shift = kernels.bn_affine(*values, eps=float(node.attrs.get("epsilon", 1e-5)))
     known = dims(node.inputs[0])
     return Affine(node.inputs[0], scale, shift, np.dtype(dtype), len(known) if known is not None else None, 1)
+
+
+def moved_axis(node: gs.Node, axis: int, ctx: Context) -> int | Refusal:
+    """Where ``node`` (a Reshape, Flatten or Transpose) puts its input's ``axis``."""
+    before, after = ctx.dims(node.inputs[0]), ctx.dims(node.outputs[0])
+    if before is None or after is None:
+        return Refusal(f"the shapes around {node.name} are unknown")
+    if is_op(node, "Transpose"):
+        perm = list(node.attrs.get("perm", range(len(before))[::-1]))
+        return perm.index(axis)
+    channels, tail = before[axis], before[axis + 1:]
+    if channels is None or None in tail:
+        return Refusal(f"the channel dims before {node.name} are not static")
+    for new in reversed(range(len(after))):
+        rest = after[new + 1:]
+        if after[new] == channels and None not in rest and math.prod(rest) == math.prod(tail):
+            return new
+    return Refusal(f"{node.name} mixes the feature axis (of {channels}) with others")

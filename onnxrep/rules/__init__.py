@@ -75,6 +75,7 @@ from onnxrep.rules import (  # noqa: E402
     fold_constants,
     fold_conv_affine,
     fold_pad_conv,
+    fold_pre_affine,
     fold_reshaped_affine,
     fold_reshapes,
     fold_sequential,
@@ -94,6 +95,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     fold_reshapes.RULE,
     fold_bias_pad.RULE,
     fold_sequential.RULE,
+    fold_pre_affine.RULE,
     merge_parallel.RULE,
     merge_concat.RULE,
 )

@@ -24,7 +24,6 @@ Conditions:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
@@ -32,14 +31,13 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxrep import kernels, lower
-from onnxrep.affine import Affine, affine
+from onnxrep.affine import SHAPE_OPS, Affine, affine, moved_axis
 from onnxrep.graph import Context, constant_value, is_op, producer
 from onnxrep.lift import AFFINE_OPS, Hint, Layout, Lifted, lift
 from onnxrep.rules import Finding, Rule
 from onnxrep.spec import Refusal
 
 NAME = "fold_reshaped_affine"
-SHAPE_OPS = ("Reshape", "Flatten", "Transpose")
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,24 +53,6 @@ class Reshaped:
     @property
     def nodes(self) -> tuple[gs.Node, ...]:
         return self.linear.nodes + self.chain + self.affine.nodes
-
-
-def _moved_axis(node: gs.Node, axis: int, ctx: Context) -> int | Refusal:
-    """Where ``node`` (a Reshape, Flatten or Transpose) puts its input's ``axis``."""
-    before, after = ctx.dims(node.inputs[0]), ctx.dims(node.outputs[0])
-    if before is None or after is None:
-        return Refusal(f"the shapes around {node.name} are unknown")
-    if is_op(node, "Transpose"):
-        perm = list(node.attrs.get("perm", range(len(before))[::-1]))
-        return perm.index(axis)
-    channels, tail = before[axis], before[axis + 1:]
-    if channels is None or None in tail:
-        return Refusal(f"the channel dims before {node.name} are not static")
-    for new in reversed(range(len(after))):
-        rest = after[new + 1:]
-        if after[new] == channels and None not in rest and math.prod(rest) == math.prod(tail):
-            return new
-    return Refusal(f"{node.name} mixes the feature axis (of {channels}) with others")
 
 
 def _chain(op: gs.Node, ctx: Context) -> tuple[list[gs.Node], gs.Node] | None:
@@ -97,7 +77,7 @@ def _features_axis(linear: Lifted, chain: list[gs.Node], op: gs.Node, ctx: Conte
     folds whatever the reshapes did to the feature axis (attention's ``q · scale`` after the head split)."""
     axis = linear.layout.axis
     for node in chain:
-        axis = _moved_axis(node, axis, ctx)
+        axis = moved_axis(node, axis, ctx)
         if isinstance(axis, Refusal):
             scalar = affine(op, ctx, None)
             return None if isinstance(scalar, Affine) and scalar.scale.size == scalar.shift.size == 1 else axis
