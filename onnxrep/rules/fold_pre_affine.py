@@ -1,14 +1,17 @@
 """fold_pre_affine: a per-channel affine read, through reshapes, only by linear ops folds into each of them.
 
 Before:  X → BatchNormalization → T → Reshape / Transpose … → MatMul q
-                                                           ↘ MatMul k, MatMul v …
+                                                           ↘ AveragePool → MatMul k, MatMul v …
          (NextViT's pre-norm attention: ``merge_pre_bn`` into q, k and v)
-After:   X → Reshape / Transpose … → MatMul q', k', v'   (each with the affine folded in)
+After:   X → Reshape / Transpose / AveragePool … → MatMul q', k', v'   (each with the affine folded in)
 
 fold_sequential folds an affine into the one op after it; this rule follows
 the affine's output through Reshape / Flatten / Transpose ops (the channel
-axis tracked as in fold_reshaped_affine) to every op that reads it, and
-folds when every one of them is a linear op reading the channels there.
+axis tracked as in fold_reshaped_affine) and AveragePools that average input
+elements only (no padding counted: the mean of s·x + h is s·mean(x) + h), and
+ReduceMeans over other axes than the channels (a global average pool), to
+every op that reads it, and folds when every one of them is a linear op
+reading the channels there.
 
 Conditions:
   1. Every tensor from the affine to the linear ops is read only by ops of
@@ -23,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxrep import lower, spec
@@ -64,6 +68,17 @@ def _tree(op: gs.Node, layout: Layout, ctx: Context):
                     return axis
                 reshapes.append(reader)
                 todo.append((reader.outputs[0], Layout(len(ctx.dims(reader.outputs[0])), axis)))
+            elif is_op(reader, "ReduceMean") and reader.inputs[0] is tensor:
+                moved = _mean_keeps_channels(reader, here, ctx)
+                if isinstance(moved, Refusal):
+                    return moved
+                reshapes.append(reader)
+                todo.append((reader.outputs[0], moved))
+            elif is_op(reader, "AveragePool") and reader.inputs[0] is tensor and here.axis == 1:
+                if not _averages_real_elements(reader):
+                    return Refusal(f"{reader.name} averages in padding zeros: a shift does not pass it")
+                reshapes.append(reader)
+                todo.append((reader.outputs[0], here))
             elif is_op(reader, *LINEAR_OPS) and reader.inputs[0] is tensor:
                 leaves.append((reader, here))
             else:
@@ -79,6 +94,33 @@ def _with_bias(node: gs.Node, ctx: Context) -> Lifted | Refusal | None:
         if isinstance(with_bias, Lifted) and with_bias.nodes[0] is node:
             return with_bias
     return lift(node, ctx)
+
+
+def _averages_real_elements(pool: gs.Node) -> bool:
+    """An AveragePool whose every window averages input elements only: an affine per channel
+    then passes through it (the mean of s·x + h is s·mean(x) + h)."""
+    pads = pool.attrs.get("pads", ())
+    auto_pad = pool.attrs.get("auto_pad", "NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    unpadded = not any(pads) and auto_pad in ("NOTSET", "", "VALID")
+    return not pool.attrs.get("ceil_mode", 0) and (unpadded or not pool.attrs.get("count_include_pad", 0))
+
+
+def _mean_keeps_channels(node: gs.Node, here: Layout, ctx: Context) -> Layout | Refusal:
+    """Where a ReduceMean over other axes than the channels puts them (a global average pool)."""
+    axes = node.attrs.get("axes")
+    if axes is None and len(node.inputs) > 1 and not node.inputs[1].is_empty():
+        axes = ctx.constant(node.inputs[1], "axes")
+        if isinstance(axes, Refusal):
+            return axes
+    if axes is None or node.attrs.get("noop_with_empty_axes", 0):
+        return Refusal(f"{node.name} reduces every axis")
+    axes = {int(a) % here.rank for a in np.asarray(axes).reshape(-1)}
+    if here.axis in axes:
+        return Refusal(f"{node.name} averages over the channels")
+    if node.attrs.get("keepdims", 1):
+        return here
+    return Layout(here.rank - len(axes), here.axis - sum(a < here.axis for a in axes))
 
 
 def _match(op: gs.Node, ctx: Context) -> Fanout | Finding | None:
