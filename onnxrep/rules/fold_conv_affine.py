@@ -59,6 +59,8 @@ def _match(op, ctx: Context) -> ConvAffine | Finding | None:
     linear = lift(conv, ctx) if conv is not None else None
     if linear is None or (isinstance(linear, Lifted) and not linear.linear):
         return None
+    if isinstance(linear, Refusal) and conv.op == "Add":
+        return None  # an Add that is no MatMul's bias is no linear op, refused or not
     hint = Hint(linear.layout, linear.spec.out_channels) if isinstance(linear, Lifted) else Hint()
     affine = lift(op, ctx, hint)
     if affine is None or (isinstance(affine, Lifted) and (affine.linear or affine.source is not conv.outputs[0])):
