@@ -161,8 +161,10 @@ def _culprits(model, rules, applied, blocked, verification: Verification, check_
     """The rewrites to roll back: those that wrote a tensor whose local check failed, all at once;
     else (the local checks pass, or name no rewrite) the one bisection finds."""
     failing = {c.tensor: c for c in verification.local if not c.passed}
-    local = [(rule, where) for rule, where in applied
-             if where.split("#")[0] in failing and (rule, where) not in blocked]
+    # the last rewrite applied at each failing tensor (two merge_concat runs write one Concat: the
+    # later one goes first, the earlier one only if the tensor still fails without it)
+    last = {where.split("#")[0]: (rule, where) for rule, where in applied if (rule, where) not in blocked}
+    local = [key for tensor, key in last.items() if tensor in failing]
     if local:
         return [Finding(rule, where, f"rolled back: its local check failed (max abs error "
                                     f"{failing[where.split('#')[0]].max_abs_error:.3g}, more than float "

@@ -1,4 +1,4 @@
-"""Small helpers over an onnx-graphsurgeon graph: constants, consumers, emitting convs.
+"""Small helpers over an onnx-graphsurgeon graph: constants, consumers, shapes.
 
 Rules read the graph through these and never mutate a tensor that anything
 outside their match reads.
@@ -14,8 +14,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxrep import kernels
-from onnxrep.spec import ConvSpec, Refusal
+from onnxrep.spec import Refusal
 
 DEFAULT_DOMAINS = ("", "ai.onnx", None)
 
@@ -106,33 +105,6 @@ class Context:
             self.names.discard(node.name)
             node.inputs.clear()
             node.outputs.clear()
-
-    def emit_conv(self, name: str, source: gs.Tensor, spec: ConvSpec, output: gs.Tensor,
-                  dtype: np.dtype, with_bias: bool = True) -> gs.Node:
-        """Add one Conv node computing ``spec`` of ``source`` into ``output``, with fresh weights.
-
-        A spec with no spatial axes is emitted as a Gemm (weight (out, in), transB=1).
-        """
-        name = self.unique(name)
-        weight = kernels.regroup(spec.weight, spec.group, 1) if not spec.spatial_dims else spec.weight
-        inputs = [source, gs.Constant(self.unique(f"{name}.weight"), weight.astype(dtype))]
-        if with_bias:
-            inputs.append(gs.Constant(self.unique(f"{name}.bias"), spec.bias.astype(dtype)))
-        output.inputs.clear()
-        if not spec.spatial_dims:
-            node = gs.Node("Gemm", name=name, attrs={"transB": 1}, inputs=inputs, outputs=[output])
-            self.graph.nodes.append(node)
-            return node
-        attrs = {
-            "kernel_shape": list(spec.kernel_shape),
-            "strides": list(spec.strides),
-            "pads": list(spec.pads),
-            "dilations": list(spec.dilations),
-            "group": spec.group,
-        }
-        node = gs.Node("Conv", name=name, attrs=attrs, inputs=inputs, outputs=[output])
-        self.graph.nodes.append(node)
-        return node
 
 
 def constant_value(tensor: gs.Tensor) -> np.ndarray | None:

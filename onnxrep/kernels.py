@@ -120,6 +120,9 @@ def compose(first, first_group: int, second, second_group: int) -> tuple[np.ndar
     Returns the kernel with the spatial shape of the other and its groups,
     gcd(g1, g2): each output then still reads whole groups of inputs.
     """
+    scaled = _compose_diagonal(first, first_group, second, second_group)
+    if scaled is not None:
+        return scaled
     a, b = ungroup(first, first_group), ungroup(second, second_group)
     # tensordot runs on BLAS; einsum's own loops took minutes on FastViT's 7x7 depthwise chains
     if all(k == 1 for k in a.shape[2:]):
@@ -128,6 +131,31 @@ def compose(first, first_group: int, second, second_group: int) -> tuple[np.ndar
         dense = np.tensordot(b.reshape(b.shape[:2]), a, axes=([1], [0]))
     group = int(np.gcd(first_group, second_group))
     return to_groups(dense, group), group
+
+
+def _is_diagonal(weight, group: int) -> bool:
+    """A depthwise 1x1 kernel with one output per input channel: a per-channel scale (a BN)."""
+    weight = np.asarray(weight)
+    return weight.shape[1] == 1 and group == weight.shape[0] and all(k == 1 for k in weight.shape[2:])
+
+
+def _compose_diagonal(first, first_group: int, second, second_group: int) -> tuple[np.ndarray, int] | None:
+    """compose() when one side is a per-channel scale: the other kernel scaled along its input
+    (scale first) or output (scale second) channels, in its own grouping. None otherwise.
+
+    Without this, a BN next to a large depthwise conv would make a dense C×C kernel.
+    """
+    first, second = np.asarray(first, np.float64), np.asarray(second, np.float64)
+    if _is_diagonal(first, first_group):
+        cout, in_per = second.shape[:2]
+        # input channel read by second[o, j]: (o's group) · in_per + j
+        channel = (np.arange(cout) // (cout // second_group))[:, None] * in_per + np.arange(in_per)[None, :]
+        scale = first.reshape(-1)[channel]
+        return second * scale.reshape(scale.shape + (1,) * (second.ndim - 2)), second_group
+    if _is_diagonal(second, second_group):
+        scale = second.reshape(-1)
+        return first * scale.reshape((-1,) + (1,) * (first.ndim - 1)), first_group
+    return None
 
 
 def average_kernel(channels: int, kernel_shape) -> np.ndarray:

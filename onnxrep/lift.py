@@ -1,124 +1,80 @@
-"""Lift graph nodes into the algebra: a Conv into a ConvSpec, a BatchNormalization
-into a per-channel affine. Each returns a :class:`Refusal` with the reason when
-the node is not provably the linear op it looks like.
+"""The one lifter: a graph op that is linear in one input, as a :class:`Lifted` ConvSpec.
+
+``lift(node, ctx, hint)`` looks the node's op up in :data:`LIFTERS` and
+returns a :class:`Lifted` (source tensor, spec, dtype, has_bias, layout,
+nodes), a :class:`Refusal` with the reason when the node is not provably the
+linear op it looks like, or None when it is no such op at all. Conv, Gemm
+and MatMul (+ Add of a bias) are linear ops with weights; AveragePool and the
+per-channel affines (BatchNormalization, Mul/Div/Add/Sub/Neg by a constant)
+lift as depthwise specs, which need the channel count and layout of their
+input when their own parameters do not say it: the ``hint``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxrep import kernels
-from onnxrep.graph import Context, constant_value, is_op, producer, sharing
+from onnxrep import kernels, spec
+from onnxrep.affine import AFFINE_OPS, ELEMENTWISE, FLOAT_TYPES, Affine, Layout, affine
+from onnxrep.graph import DEFAULT_DOMAINS, Context, constant_value, dims, is_op, producer, sharing
 from onnxrep.spec import ConvSpec, Refusal
 
-FLOAT_TYPES = (np.float16, np.float32, np.float64)
-#: Ops lifted as a ConvSpec with weights: a Gemm is a conv with no spatial axes.
-LINEAR_OPS = ("Conv", "Gemm")
+__all__ = ["AFFINE_OPS", "ELEMENTWISE", "LINEAR_OPS", "Affine", "Hint", "Layout", "Lifted", "lift"]
+
+#: Ops lifted as a ConvSpec with weights: a Gemm, or a MatMul by a constant, is a conv with no spatial axes.
+LINEAR_OPS = ("Conv", "Gemm", "MatMul")
 
 
 @dataclass(frozen=True, eq=False)
-class LiftedConv:
-    spec: ConvSpec
-    dtype: np.dtype
-    has_bias: bool
+class Lifted:
+    """``nodes`` (last one writing the output) computing ``spec`` of ``source``, laid out as ``layout``.
 
-
-@dataclass(frozen=True, eq=False)
-class Affine:
-    """``y = scale * x + shift`` per channel (axis 1); both ``(C,)`` float64 (or scalars)."""
+    ``dtype``: the weights' type (None for an op without weights); ``has_bias``:
+    whether lowering the spec back needs a bias input.
+    """
 
     source: gs.Tensor
-    scale: np.ndarray
-    shift: np.ndarray
-    dtype: np.dtype
+    spec: ConvSpec
+    dtype: np.dtype | None
+    has_bias: bool
+    layout: Layout
+    nodes: tuple[gs.Node, ...]
 
-    def per_channel(self, channels: int) -> tuple[np.ndarray, np.ndarray]:
-        return (np.broadcast_to(self.scale, (channels,)).astype(np.float64),
-                np.broadcast_to(self.shift, (channels,)).astype(np.float64))
+    @property
+    def linear(self) -> bool:
+        """A Conv, Gemm or MatMul (+ bias): an op with weights of its own, not a diagonal one."""
+        return is_op(self.nodes[0], *LINEAR_OPS)
 
 
-ELEMENTWISE = ("Mul", "Div", "Add", "Sub", "Neg")
+@dataclass(frozen=True)
+class Hint:
+    """What the graph around a node knows of its data input: layout and channels (None: unknown)."""
+
+    layout: Layout | None = None
+    channels: int | None = None
 
 
-def affine(node: gs.Node, ctx: Context, rank: int | None) -> Affine | Refusal | None:
-    """A BatchNormalization, or Mul/Div/Add/Sub/Neg by a per-channel constant, as an affine.
+NO_HINT = Hint()
 
-    ``rank`` is the rank of the non-constant input when known: a constant of
-    shape (C, 1, 1) is per-channel only for a rank-4 input. None when the node
-    is no such op at all (e.g. an Add of two computed tensors).
-    """
-    if is_op(node, "BatchNormalization"):
-        return batchnorm(node, ctx)
-    if not is_op(node, *ELEMENTWISE) or len(node.outputs) != 1:
+
+def lift(node: gs.Node | None, ctx: Context, hint: Hint = NO_HINT) -> Lifted | Refusal | None:
+    """``node`` as a Lifted, a Refusal saying why it is not provably linear, or None (no such op)."""
+    if node is None or node.domain not in DEFAULT_DOMAINS or node.op not in LIFTERS:
         return None
-    if _closes_gelu(node):
-        return Refusal(f"{node.name} closes a GELU (x·(1+erf(x/√2))·0.5), which runtimes fuse into one op: "
-                       f"folding it elsewhere would break that fusion")
-    if node.op == "Neg":
-        return Affine(node.inputs[0], np.array(-1.0), np.array(0.0), node.inputs[0].dtype)
-    a, b = node.inputs
-    a_value, b_value = (ctx.constant(t, "operand") for t in (a, b))
-    if isinstance(a_value, Refusal) == isinstance(b_value, Refusal):
-        return None  # both computed (a join, not an affine) or both constant
-    const_first = not isinstance(a_value, Refusal)
-    source, value = (b, a_value) if const_first else (a, b_value)
-    if node.op == "Div" and const_first:
-        return None  # c / x is not linear in x
-    if value.dtype.type not in FLOAT_TYPES:
-        return Refusal(f"{node.name}: constant of dtype {value.dtype}")
-    per_channel = _per_channel(value, rank)
-    if isinstance(per_channel, Refusal):
-        return Refusal(f"{node.name}: {per_channel.reason}")
-    one, zero = np.array(1.0), np.array(0.0)
-    if node.op == "Div":
-        if not np.all(per_channel):
-            return Refusal(f"{node.name} divides by zero")
-        scale, shift = 1.0 / per_channel, zero
-    else:
-        scale, shift = {
-            "Mul": (per_channel, zero),
-            "Add": (one, per_channel),
-            "Sub": ((-one, per_channel) if const_first else (one, -per_channel)),
-        }[node.op]
-    return Affine(source, scale, shift, source.dtype if source.dtype is not None else value.dtype)
-
-
-def _closes_gelu(node: gs.Node) -> bool:
-    """The final ``Mul(·, 0.5)`` of an exported GELU: its other input is ``Mul(x, Add(Erf|Tanh(…), 1))``."""
-    if node.op != "Mul":
-        return False
-    for tensor in node.inputs:
-        inner = producer(tensor)
-        if is_op(inner, "Mul") and any(
-                is_op(add := producer(t), "Add") and any(is_op(producer(u), "Erf", "Tanh") for u in add.inputs)
-                for t in inner.inputs):
-            return True
-    return False
-
-
-def _per_channel(value: np.ndarray, rank: int | None) -> np.ndarray | Refusal:
-    """The constant as a scalar or a (C,) vector, if it broadcasts along the channel axis only."""
-    value = np.asarray(value, np.float64)
-    if value.size == 1 and (rank is None or value.ndim <= rank):
-        return value.reshape(())
-    if rank is None:
-        return Refusal("the input rank is unknown")
-    if value.ndim > rank:
-        return Refusal(f"constant of shape {value.shape} broadcasts the output")
-    shape = (1,) * (rank - value.ndim) + value.shape
-    if shape[0] != 1 or any(d != 1 for d in shape[2:]):
-        return Refusal(f"constant of shape {value.shape} is not per-channel")
-    return value.reshape(-1)
+    return LIFTERS[node.op](node, ctx, hint)
 
 
 def _weight(tensor: gs.Tensor, node: gs.Node, ctx: Context, what: str) -> np.ndarray | Refusal:
+    """A constant weight read by ``node`` only; a bias may be shared (exporters merge equal biases,
+    all zeros at init, into one tensor): it is copied, and a copy of a vector costs nothing."""
     value = ctx.constant(tensor, f"{what} of {node.name or node.op}")
     if isinstance(value, Refusal):
         return value
-    shared = sharing(tensor, node, ctx)
+    shared = sharing(tensor, node, ctx) if what != "bias" or value.ndim > 2 else None
     if shared is not None:
         return shared
     if value.dtype.type not in FLOAT_TYPES:
@@ -126,42 +82,16 @@ def _weight(tensor: gs.Tensor, node: gs.Node, ctx: Context, what: str) -> np.nda
     return value
 
 
-def _weight_shape(node: gs.Node) -> tuple | None:
-    """The shape of a Conv's or Gemm's weight: exported, or its constant value's (a Constant node)."""
-    weight = node.inputs[1] if is_op(node, *LINEAR_OPS) and len(node.inputs) > 1 else None
-    if weight is None:
-        return None
-    shape = weight.shape
-    if not shape or not all(isinstance(d, int) for d in shape):
-        value = constant_value(weight)
-        shape = value.shape if value is not None else None
-    return tuple(shape) if shape else None
+def _bias(node: gs.Node, ctx: Context, channels: int) -> tuple[np.ndarray, bool] | Refusal:
+    """The node's third input as a bias of ``channels`` (zeros when there is none)."""
+    if len(node.inputs) < 3 or node.inputs[2].is_empty():
+        return np.zeros(channels), False
+    value = _weight(node.inputs[2], node, ctx, "bias")
+    return value if isinstance(value, Refusal) else (np.asarray(value, np.float64), True)
 
 
-def layout(node: gs.Node) -> tuple[int, int] | None:
-    """(spatial rank, input channels) of a Conv or Gemm, from its weight's shape."""
-    shape = _weight_shape(node)
-    if shape is None:
-        return None
-    if node.op == "Gemm":
-        return 0, shape[0] if node.attrs.get("transB", 0) == 0 else shape[1]
-    return len(shape) - 2, shape[1] * int(node.attrs.get("group", 1))
-
-
-def conv_out_channels(node: gs.Node) -> int:
-    """Output channels of a Conv or Gemm whose weight shape is known (see layout)."""
-    shape = _weight_shape(node)
-    if node.op == "Gemm" and not node.attrs.get("transB", 0):
-        return shape[1]
-    return shape[0]
-
-
-def conv(node: gs.Node, ctx: Context) -> LiftedConv | Refusal:
-    """A Conv, or a Gemm (a conv with no spatial axes), with constant weight (and bias) as a ConvSpec."""
-    if is_op(node, "Gemm"):
-        return gemm(node, ctx)
-    if not is_op(node, "Conv"):
-        return Refusal(f"{node.op} is not a Conv")
+def _conv(node: gs.Node, ctx: Context, hint: Hint) -> Lifted | Refusal:
+    """A Conv with constant weight (and bias)."""
     if len(node.inputs) < 2:
         return Refusal(f"{node.name} has no weight input")
     weight = _weight(node.inputs[1], node, ctx, "weight")
@@ -169,13 +99,9 @@ def conv(node: gs.Node, ctx: Context) -> LiftedConv | Refusal:
         return weight
     if weight.ndim < 3:
         return Refusal(f"{node.name} has a weight of rank {weight.ndim}")
-    has_bias = len(node.inputs) > 2 and not node.inputs[2].is_empty()
-    if has_bias:
-        bias = _weight(node.inputs[2], node, ctx, "bias")
-        if isinstance(bias, Refusal):
-            return bias
-    else:
-        bias = np.zeros(weight.shape[0])
+    bias = _bias(node, ctx, weight.shape[0])
+    if isinstance(bias, Refusal):
+        return bias
     nd = weight.ndim - 2
     attrs = node.attrs
     kernel_shape = tuple(attrs.get("kernel_shape", weight.shape[2:]))
@@ -186,20 +112,18 @@ def conv(node: gs.Node, ctx: Context) -> LiftedConv | Refusal:
     pads = _pads(attrs, kernel_shape, strides, dilations)
     if isinstance(pads, Refusal):
         return Refusal(f"{node.name}: {pads.reason}")
-    spec = ConvSpec(
-        weight=np.asarray(weight, np.float64),
-        bias=np.asarray(bias, np.float64),
-        strides=strides,
-        pads=pads,
-        dilations=dilations,
-        group=int(attrs.get("group", 1)),
-        cost=int(weight.size),
-    )
-    return LiftedConv(spec, weight.dtype, has_bias)
+    conv = ConvSpec(np.asarray(weight, np.float64), bias[0], strides, pads, dilations,
+                    int(attrs.get("group", 1)), int(weight.size))
+    return Lifted(node.inputs[0], conv, weight.dtype, bias[1], Layout.conv(nd), (node,))
 
 
-def gemm(node: gs.Node, ctx: Context) -> LiftedConv | Refusal:
-    """``Y = alpha·X·B' + beta·C`` with constant B and C as a ConvSpec with weight (out, in)."""
+def _dense(weight: np.ndarray, bias: np.ndarray) -> ConvSpec:
+    """A weight (out, in) as a spec with no spatial axes."""
+    return ConvSpec(weight, bias, (), (), (), 1, int(weight.size))
+
+
+def _gemm(node: gs.Node, ctx: Context, hint: Hint) -> Lifted | Refusal:
+    """``Y = alpha·X·B' + beta·C`` with constant B and C, weight (out, in)."""
     name = node.name or node.op
     if node.attrs.get("transA", 0):
         return Refusal(f"{name} transposes its input (transA=1)")
@@ -210,18 +134,107 @@ def gemm(node: gs.Node, ctx: Context) -> LiftedConv | Refusal:
         return Refusal(f"{name} has a weight of rank {weight.ndim}")
     dtype = weight.dtype
     weight = np.asarray(weight, np.float64) * float(node.attrs.get("alpha", 1.0))
-    if not node.attrs.get("transB", 0):
-        weight = weight.T
-    has_bias = len(node.inputs) > 2 and not node.inputs[2].is_empty()
-    bias = np.zeros(weight.shape[0])
-    if has_bias:
-        value = _weight(node.inputs[2], node, ctx, "bias")
-        if isinstance(value, Refusal):
-            return value
-        if value.size not in (1, weight.shape[0]) or (value.ndim == 2 and value.shape[0] != 1) or value.ndim > 2:
-            return Refusal(f"{name}'s bias of shape {value.shape} is not per output feature")
-        bias = bias + np.asarray(value, np.float64).reshape(-1) * float(node.attrs.get("beta", 1.0))
-    return LiftedConv(ConvSpec(weight, bias, (), (), (), 1, int(weight.size)), dtype, has_bias)
+    weight = weight if node.attrs.get("transB", 0) else weight.T
+    bias = _bias(node, ctx, weight.shape[0])
+    if isinstance(bias, Refusal):
+        return bias
+    value, has_bias = bias
+    if has_bias and (value.size not in (1, weight.shape[0]) or value.ndim > 2
+                     or (value.ndim == 2 and value.shape[0] != 1)):
+        return Refusal(f"{name}'s bias of shape {value.shape} is not per output feature")
+    value = np.zeros(weight.shape[0]) + value.reshape(-1) * float(node.attrs.get("beta", 1.0))
+    return Lifted(node.inputs[0], _dense(weight, value), dtype, has_bias, Layout(2, 1), (node,))
+
+
+def _matmul(node: gs.Node, ctx: Context, hint: Hint) -> Lifted | Refusal | None:
+    """``Y = X @ W`` with W a constant (in, out): nn.Linear on [..., C] tensors, channels last.
+
+    None for a product of two computed tensors (attention's Q·Kᵀ) or W @ X.
+    """
+    x, w = node.inputs
+    if constant_value(w) is None and id(w) not in ctx.graph_inputs:
+        return None
+    weight = _weight(w, node, ctx, "weight")
+    if isinstance(weight, Refusal):
+        return weight
+    if weight.ndim != 2:
+        return Refusal(f"{node.name}'s weight has rank {weight.ndim}, not 2")
+    shape = ctx.dims(x)
+    if shape is None or len(shape) < 2:
+        return Refusal(f"the rank of {node.name}'s input is unknown or below 2")
+    if shape[-1] not in (None, weight.shape[0]):
+        return Refusal(f"{node.name} reads {shape[-1]} features with a weight for {weight.shape[0]}")
+    conv = _dense(np.asarray(weight, np.float64).T, np.zeros(weight.shape[1]))
+    return Lifted(x, conv, weight.dtype, False, Layout.last(len(shape)), (node,))
+
+
+def _add(node: gs.Node, ctx: Context, hint: Hint) -> Lifted | Refusal | None:
+    """A MatMul's bias (Add of a constant along the last axis to a private MatMul output), else
+    an affine."""
+    matmul = next((producer(t) for t in node.inputs if is_op(producer(t), "MatMul")), None)
+    linear = _matmul(matmul, ctx, hint) if matmul is not None and ctx.private(matmul.outputs[0], node) else None
+    if isinstance(linear, Lifted):
+        plus = affine(node, ctx, linear.layout.rank)
+        if isinstance(plus, Affine) and plus.source is matmul.outputs[0] and plus.scale.ndim == 0 \
+                and plus.axis in (None, linear.layout.axis) and plus.shift.size in (1, linear.spec.out_channels):
+            _, shift = plus.per_channel(linear.spec.out_channels)
+            conv = _dense(linear.spec.weight, shift)
+            return Lifted(linear.source, conv, linear.dtype, True, linear.layout, (matmul, node))
+    return _affine(node, ctx, hint)
+
+
+def _affine(node: gs.Node, ctx: Context, hint: Hint) -> Lifted | Refusal | None:
+    """A per-channel affine as a depthwise 1x1 spec. Its axis and channels are its parameters'
+    (a BatchNormalization's axis is 1); what they leave open (a scalar's) is the hint's."""
+    found = affine(node, ctx, hint.layout.rank if hint.layout is not None else None)
+    if found is None or isinstance(found, Refusal):
+        return found
+    guess = hint.layout
+    rank = found.rank if found.rank is not None else (guess.rank if guess is not None else None)
+    axis = found.axis if found.axis is not None else (guess.axis if guess is not None else None)
+    channels = found.channels or hint.channels
+    if rank is None or axis is None or channels is None:
+        return Refusal(f"the layout or channel count of {node.name}'s input is unknown")
+    if {found.scale.size, found.shift.size} - {1, channels}:
+        return Refusal(f"{node.name} has {found.channels} channels, its input {channels}")
+    scale, shift = found.per_channel(channels)
+    layout = Layout(rank, axis)
+    diagonal = spec.diagonal(scale, shift, layout.spatial_dims, cost=channels)
+    return Lifted(found.source, diagonal, found.dtype, bool(shift.any()), layout, (node,))
+
+
+def _average_pool(node: gs.Node, ctx: Context, hint: Hint) -> Lifted | Refusal:
+    """An AveragePool as a depthwise conv of 1/(k1·k2·…), when its padding counts as zeros."""
+    channels = hint.channels
+    if channels is None:
+        return Refusal(f"the channel count of {node.name}'s input is unknown")
+    attrs = node.attrs
+    kernel_shape = tuple(attrs["kernel_shape"])
+    nd = len(kernel_shape)
+    strides = tuple(attrs.get("strides", (1,) * nd))
+    dilations = tuple(attrs.get("dilations", (1,) * nd))
+    if attrs.get("ceil_mode", 0):
+        return Refusal(f"{node.name} uses ceil_mode (partial windows at the end)")
+    pads = _pads(attrs, kernel_shape, strides, dilations)
+    if isinstance(pads, Refusal):
+        return Refusal(f"{node.name}: {pads.reason}")
+    if any(pads) and not attrs.get("count_include_pad", 0):
+        return Refusal(f"{node.name} pads but does not count the pads (count_include_pad=0, ONNX's "
+                       "default): border windows divide by fewer taps")
+    weight = kernels.average_kernel(channels, kernel_shape)
+    pool = ConvSpec(weight, np.zeros(channels), strides, pads, dilations, channels, int(weight.size))
+    return Lifted(node.inputs[0], pool, None, False, Layout.conv(nd), (node,))
+
+
+#: The lifter of each op type.
+LIFTERS: dict[str, Callable[[gs.Node, Context, Hint], Lifted | Refusal | None]] = {
+    "Conv": _conv,
+    "Gemm": _gemm,
+    "MatMul": _matmul,
+    "AveragePool": _average_pool,
+    "Add": _add,
+    **{op: _affine for op in ("BatchNormalization", "Mul", "Div", "Sub", "Neg")},
+}
 
 
 def _pads(attrs, kernel_shape, strides, dilations) -> tuple[int, ...] | Refusal:
@@ -242,53 +255,25 @@ def _pads(attrs, kernel_shape, strides, dilations) -> tuple[int, ...] | Refusal:
     return tuple(small + big) if auto_pad == "SAME_UPPER" else tuple(big + small)
 
 
-def batchnorm(node: gs.Node, ctx: Context) -> Affine | Refusal:
-    """An inference-mode BatchNormalization as a per-channel affine."""
-    if not is_op(node, "BatchNormalization"):
-        return Refusal(f"{node.op} is not a BatchNormalization")
-    name = node.name or node.op
-    if node.attrs.get("training_mode", 0):
-        return Refusal(f"{name} runs in training mode")
-    if not node.attrs.get("spatial", 1):
-        return Refusal(f"{name} has spatial=0 (per-position statistics)")
-    if any(id(t) in ctx.graph_outputs or t.outputs for t in node.outputs[1:]):
-        return Refusal(f"{name}'s running statistics outputs are read")
-    if len(node.inputs) < 5:
-        return Refusal(f"{name} has {len(node.inputs)} inputs, not 5")
-    values = []
-    for tensor, what in zip(node.inputs[1:5], ("scale", "bias", "mean", "var")):
-        value = ctx.constant(tensor, f"{what} of {name}")
-        if isinstance(value, Refusal):
-            return value
-        values.append(value)
-    if len({v.size for v in values}) > 1 or any(v.ndim != 1 for v in values):
-        return Refusal(f"{name} parameters are not vectors of one length")
-    dtype = node.inputs[0].dtype if node.inputs[0].dtype is not None else values[0].dtype
-    scale, shift = kernels.bn_affine(*values, eps=float(node.attrs.get("epsilon", 1e-5)))
-    return Affine(node.inputs[0], scale, shift, np.dtype(dtype))
-
-
-def average_pool(node: gs.Node, channels: int | None) -> ConvSpec | Refusal:
-    """An AveragePool as a depthwise conv of 1/(k1·k2·…), when its padding counts as zeros."""
-    if not is_op(node, "AveragePool"):
-        return Refusal(f"{node.op} is not an AveragePool")
-    if channels is None:
-        return Refusal(f"the channel count of {node.name}'s input is unknown")
-    attrs = node.attrs
-    kernel_shape = tuple(attrs["kernel_shape"])
-    nd = len(kernel_shape)
-    strides = tuple(attrs.get("strides", (1,) * nd))
-    dilations = tuple(attrs.get("dilations", (1,) * nd))
-    if attrs.get("ceil_mode", 0):
-        return Refusal(f"{node.name} uses ceil_mode (partial windows at the end)")
-    pads = _pads(attrs, kernel_shape, strides, dilations)
-    if isinstance(pads, Refusal):
-        return Refusal(f"{node.name}: {pads.reason}")
-    if any(pads) and not attrs.get("count_include_pad", 0):
-        return Refusal(f"{node.name} pads but does not count the pads (count_include_pad=0, ONNX's "
-                       "default): border windows divide by fewer taps")
-    weight = kernels.average_kernel(channels, kernel_shape)
-    return ConvSpec(weight, np.zeros(channels), strides, pads, dilations, channels, int(weight.size))
+def weight_layout(node: gs.Node | None) -> tuple[Layout, int, int] | None:
+    """(layout, in channels, out channels) of a Conv, Gemm or MatMul from its weight's shape alone
+    (no value read): what the graph around it learns of the tensors it reads and writes."""
+    if not is_op(node, *LINEAR_OPS) or len(node.inputs) < 2:
+        return None
+    weight = node.inputs[1]
+    shape = weight.shape
+    if not shape or not all(isinstance(d, int) for d in shape):
+        value = constant_value(weight)
+        shape = value.shape if value is not None else None
+    if not shape or (node.op != "Conv" and len(shape) != 2):
+        return None
+    if node.op == "Conv":
+        return Layout.conv(len(shape) - 2), shape[1] * int(node.attrs.get("group", 1)), shape[0]
+    if node.op == "Gemm":
+        inner, outer = shape if not node.attrs.get("transB", 0) else shape[::-1]
+        return Layout(2, 1), inner, outer
+    known = dims(node.inputs[0])
+    return (Layout.last(len(known)), shape[0], shape[1]) if known and len(known) >= 2 else None
 
 
 def zero_pads(pad: gs.Node, ctx: Context, rank: int) -> tuple[int, ...] | Refusal:

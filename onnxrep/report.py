@@ -42,7 +42,7 @@ class Report:
     verification: Verification | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     sweeps: int = 0
-    applied: list[tuple[str, str]] = field(default_factory=list)  # (rule, rewritten tensor), in order
+    applied: list[tuple[str, str]] = field(default_factory=list)  # (rule, tensor[#N]) keys, in order
     dropped: list[Finding] = field(default_factory=list)  # rewrites rolled back: verification failed
     applied_at: dict[tuple[str, str], str] = field(default_factory=dict)  # applied key -> node name
 

@@ -214,6 +214,10 @@ def is_pointwise(s: ConvSpec) -> bool:
     return is_unit(s) and not any(s.pads)
 
 
+def _sequential_costlier(size: int, cost: int) -> Refusal:
+    return Refusal(f"the merged kernel would cost {size} multiply-adds per pixel, more than the {cost} of the two")
+
+
 def merge_sequential(first: ConvSpec, second: ConvSpec, *, check_cost: bool = True) -> ConvSpec | Refusal:
     """``second(first(X))`` as one conv, when exact and not costlier.
 
@@ -232,9 +236,14 @@ def merge_sequential(first: ConvSpec, second: ConvSpec, *, check_cost: bool = Tr
     """
     if first.out_channels != second.in_channels or first.spatial_dims != second.spatial_dims:
         return Refusal("the convs' channels do not chain")
-    too_costly = _sequential_cost(first, second) if check_cost else None
-    if too_costly is not None:
-        return too_costly  # refused from the shapes alone, before any kernel is composed
+    pixels = int(np.prod(second.strides))  # first runs on this many pixels per output pixel
+    cost = first.cost * pixels + second.cost
+    if check_cost and (is_unit(first) or is_pointwise(second)):  # refuse before composing a big kernel
+        group = math.gcd(first.group, second.group)
+        spatial = second.kernel_shape if is_unit(first) and all(s == 1 for s in first.strides) else first.kernel_shape
+        size = second.out_channels * (first.in_channels // group) * math.prod(spatial)
+        if size > cost:
+            return _sequential_costlier(size, cost)
     if is_unit(first) and all(s == 1 for s in first.strides):
         if any(second.pads) and np.any(first.bias):
             return Refusal("the second conv pads with zeros where the merged conv would see the "
@@ -255,20 +264,7 @@ def merge_sequential(first: ConvSpec, second: ConvSpec, *, check_cost: bool = Tr
         return Refusal("a strided 1x1 conv before a kxk conv: the kxk taps would skip input rows")
     else:
         return Refusal("neither conv is 1x1 without pads (a kxk→kxk chain grows the kernel)")
-    cost = first.cost * int(np.prod(second.strides)) + second.cost
+    if check_cost and weight.size > cost:
+        return _sequential_costlier(weight.size, cost)
     return ConvSpec(weight, bias, strides, geometry.pads, geometry.dilations, group,
                     weight.size if check_cost else cost)
-
-
-def _sequential_cost(first: ConvSpec, second: ConvSpec) -> Refusal | None:
-    """A refusal when ``second(first(X))`` as one conv would cost more multiply-adds per output pixel
-    than the two convs (first runs on prod(second.strides) pixels per output pixel)."""
-    group = math.gcd(first.group, second.group)
-    kernel = first.kernel_shape if is_unit(second) else second.kernel_shape
-    size = second.out_channels * (first.in_channels // group) * math.prod(kernel)
-    cost = first.cost * math.prod(second.strides) + second.cost
-    if size > cost:
-        shape = (second.out_channels, first.in_channels // group, *kernel)
-        return Refusal(f"merged kernel {shape} would cost {size} multiply-adds per pixel, more than the "
-                       f"{cost} of the two")
-    return None

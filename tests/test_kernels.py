@@ -129,3 +129,18 @@ def test_merge_parallel_refusals(name):
     specs, reason = REFUSED[name]
     result = spec.merge_parallel(specs)
     assert isinstance(result, Refusal) and reason in result.reason, result
+
+
+def test_compose_with_a_per_channel_scale_keeps_the_grouping():
+    """A diagonal (BN) before or after a grouped kernel: the same kernel as the dense einsum gives."""
+    rng = np.random.default_rng(5)
+    scale = rng.standard_normal((6, 1, 1, 1))
+    for group in (1, 2, 3, 6):
+        conv = rng.standard_normal((12, 6 // group, 3, 3))
+        dense = kernels.to_groups(np.einsum("om...,mi->oi...", kernels.ungroup(conv, group),
+                                            np.diag(scale.reshape(-1))), group)
+        np.testing.assert_allclose(kernels.compose(scale, 6, conv, group)[0], dense)
+        assert kernels.compose(scale, 6, conv, group)[1] == group
+        after = rng.standard_normal((12, 1, 1, 1))
+        expected = conv * after.reshape(-1, 1, 1, 1)
+        np.testing.assert_allclose(kernels.compose(conv, group, after, 12)[0], expected)

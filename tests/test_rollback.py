@@ -65,3 +65,28 @@ def test_intermediate_tensors_catch_what_an_argmax_hides():
     model.graph.output.append(helper.make_tensor_value_info("label", TensorProto.INT64, ["N", 1]))
     _, report = onnxrep.optimize(model, rules=(FOLD, scaled_rule(1.001)))
     assert len(report.verification.local) > 0 and len(report.dropped) == 8
+
+
+def test_two_merges_at_one_concat_roll_back_apart():
+    """Two merge_concat runs on one Concat write one tensor: rolling back the (broken) second keeps
+    the first. Each applied rewrite has its own key: the second at a tensor is ``name#2``."""
+    from onnxrep.rules import Rule, merge_concat
+    from onnxrep.testing import GraphBuilder
+
+    b = GraphBuilder(63)
+    x, y = b.input("x", [1, 4, 7, 7]), b.input("y", [1, 4, 7, 7])
+    b.output(b.node("Concat", [b.conv(x, 3, 3), b.conv(x, 2, 3), b.conv(y, 3, 3), b.conv(y, 2, 3)], axis=1))
+
+    def find(ctx):
+        for item in merge_concat.find(ctx):
+            if isinstance(item, merge_concat.ConcatRun) and item.branches[0].source.name == "y":
+                item = merge_concat.ConcatRun(item.concat, item.start, item.branches, item.merged.negated())
+            yield item
+
+    broken = Rule("broken", "negates the second stacked conv", find, merge_concat.rewrite)
+    optimized, report = onnxrep.optimize(b.model(), rules=(broken,))
+    concat = optimized.graph.output[0].name
+    assert report.verification.passed
+    assert [(f.rule, f.where) for f in report.dropped] == [("broken", f"{concat}#2")]
+    assert report.applied == [("broken", concat)]
+    assert histogram(optimized) == {"Conv": 3, "Concat": 1}

@@ -20,7 +20,7 @@ from deep_stack import mobileone_stack
 from helpers import altered_rule, histogram, random_feeds, run
 
 import onnxrep
-from onnxrep import api, lift, local_check
+from onnxrep import affine, api, local_check
 from onnxrep.rules import RULES_BY_NAME
 from onnxrep.verify import perturbed_weights, verify
 
@@ -144,7 +144,7 @@ def test_misapplied_bn_epsilon_is_caught_locally(monkeypatch):
     """Every BatchNormalization lifted with ε = 1e-3 instead of its own 1e-5: a relative error of
     ~5e-4 in each folded scale, found and rolled back by the local checks alone."""
     model = _model("deep")
-    real = lift.batchnorm
+    real = affine.batchnorm
 
     def wrong_epsilon(node, ctx):
         saved = node.attrs.get("epsilon", 1e-5)
@@ -153,7 +153,7 @@ def test_misapplied_bn_epsilon_is_caught_locally(monkeypatch):
             return real(node, ctx)
         finally:
             node.attrs["epsilon"] = saved
-    monkeypatch.setattr(lift, "batchnorm", wrong_epsilon)
+    monkeypatch.setattr(affine, "batchnorm", wrong_epsilon)
     monkeypatch.setattr(api, "_first_failing", _no_bisection)
     optimized, report = onnxrep.optimize(model)
     assert report.verification.passed and report.dropped

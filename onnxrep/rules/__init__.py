@@ -3,7 +3,8 @@
 A rule's ``find`` walks the graph (``ctx.nodes()``) without changing it and
 yields matches (any object with a ``nodes`` tuple: the nodes its rewrite
 removes or replaces, and ``output``: the name of the tensor it rewrites, which
-stays the same from run to run and so identifies the rewrite for rollback) and
+stays the same from run to run; the engine keys each applied rewrite by it,
+numbered ``#N`` when a rule rewrites one tensor again, for rollback) and
 :class:`Finding` refusals. The engine applies each match with ``rewrite`` as
 soon as it is yielded, before ``find`` resumes: ``find`` must not carry what it
 learnt about the graph from one match to the next.
@@ -74,6 +75,9 @@ from onnxrep.rules import (  # noqa: E402
     fold_constants,
     fold_conv_affine,
     fold_pad_conv,
+    fold_pre_affine,
+    fold_reshaped_affine,
+    fold_reshapes,
     fold_sequential,
     fold_whole_write,
     merge_concat,
@@ -87,8 +91,11 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     fold_whole_write.RULE,
     fold_pad_conv.RULE,
     fold_conv_affine.RULE,
+    fold_reshaped_affine.RULE,
+    fold_reshapes.RULE,
     fold_bias_pad.RULE,
     fold_sequential.RULE,
+    fold_pre_affine.RULE,
     merge_parallel.RULE,
     merge_concat.RULE,
 )

@@ -35,7 +35,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxrep import lift
+from onnxrep import lift, lower
 from onnxrep.graph import Context, constant_value, is_op, producer, selects_all
 from onnxrep.rules import Finding, Rule
 from onnxrep.spec import Refusal
@@ -49,7 +49,7 @@ class BiasPad:
     pad: gs.Node
     chain: tuple[gs.Node, ...]  # the writes and the Transposes / Identities between them
     end: gs.Tensor
-    lifted: lift.LiftedConv
+    lifted: lift.Lifted
     pads: tuple[int, ...]
 
     @property
@@ -207,7 +207,7 @@ def find(ctx: Context) -> Iterator[BiasPad | Finding]:
         if not ctx.private(pad.inputs[0], pad):
             yield Finding(NAME, where, f"the conv output is also read by {ctx.readers(pad.inputs[0], pad)}")
             continue
-        lifted = lift.conv(conv, ctx)
+        lifted = lift.lift(conv, ctx)
         if isinstance(lifted, Refusal):
             yield Finding(NAME, where, lifted.reason)
             continue
@@ -239,8 +239,8 @@ def find(ctx: Context) -> Iterator[BiasPad | Finding]:
 def rewrite(ctx: Context, match: BiasPad) -> None:
     source = match.conv.inputs[0]
     ctx.detach(match.nodes)
-    ctx.emit_conv(match.conv.name, source, replace(match.lifted.spec, pads=match.pads), match.end,
-                  match.lifted.dtype, with_bias=match.lifted.has_bias)
+    lower.emit(ctx, match.conv.name, source, replace(match.lifted.spec, pads=match.pads), match.lifted.layout,
+               match.end, match.lifted.dtype, with_bias=match.lifted.has_bias)
 
 
 RULE = Rule(NAME, "1x1 Conv → zero Pad → border writes of the conv's bias (DBB's BN-and-pad) "

@@ -6,16 +6,19 @@ After:   X → Conv(W', b') → Y
 
 Conditions:
   1. T is read by the affine op only, and is not a graph output.
-  2. W (and b) are constants read by this Conv only (see lift.conv).
+  2. W (and b) are constants read by this Conv only (see lift.lift).
   3. A BatchNormalization is in inference mode with constant parameters; an
      elementwise constant broadcasts along the channel axis only (shape (),
-     (C,1,1) or (1,C,1,1) for a 2-D conv), so the output shape is unchanged.
+     (C,1,1) or (1,C,1,1) for a 2-D conv; (C,) for a MatMul's channels-last
+     output: a layer scale), so the output shape is unchanged.
+  4. The result has fewer nodes (a MatMul and the Add of its bias stay two).
 
 Formula, per output channel c, with the op as ``y = s·t + h``
 (BatchNormalization: s = γ / √(σ² + ε), h = β − μ·s):
   W'[c] = W[c] · s[c]        b'[c] = b[c] · s[c] + h[c]
 Any kernel rank (1-D, 2-D, 3-D), strides, pads, dilations and groups; a Gemm
-is a conv with no spatial axes (a Linear followed by BatchNorm1d). After a
+or a MatMul by a constant is a conv with no spatial axes (a Linear followed by
+BatchNorm1d; lowered back as Gemm, or MatMul + Add on channels-last tensors). After a
 merge_parallel this also folds a BatchNormalization or a layer scale applied
 to the sum of branches (RepViT, FastViT).
 """
@@ -25,58 +28,78 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-from onnxrep import kernels, lift
+from onnxrep import kernels, lower
 from onnxrep.graph import Context, is_op, producer
-from onnxrep.rules import Finding, PairMatch, Rule
+from onnxrep.lift import AFFINE_OPS, Hint, Lifted, lift
+from onnxrep.rules import Finding, Rule
 from onnxrep.spec import Refusal
 
 NAME = "fold_conv_affine"
 
 
 @dataclass(frozen=True, eq=False)
-class ConvAffine(PairMatch):
-    """first: the Conv (or Gemm); second: the affine op."""
+class ConvAffine:
+    """linear: the Conv, Gemm or MatMul (+ bias); affine: the op after it, lifted on its layout."""
 
-    lifted: lift.LiftedConv
-    affine: lift.Affine
+    linear: Lifted
+    affine: Lifted
+
+    @property
+    def output(self) -> str:
+        return self.affine.nodes[-1].outputs[0].name
+
+    @property
+    def nodes(self) -> tuple:
+        return self.linear.nodes + self.affine.nodes
+
+
+def _match(op, ctx: Context) -> ConvAffine | Finding | None:
+    conv = next((p for t in op.inputs if (p := producer(t)) is not None and p.op in ("Conv", "Gemm", "MatMul", "Add")
+                 and p is not op), None)
+    linear = lift(conv, ctx) if conv is not None else None
+    if linear is None or (isinstance(linear, Lifted) and not linear.linear):
+        return None
+    if isinstance(linear, Refusal) and conv.op == "Add":
+        return None  # an Add that is no MatMul's bias is no linear op, refused or not
+    hint = Hint(linear.layout, linear.spec.out_channels) if isinstance(linear, Lifted) else Hint()
+    affine = lift(op, ctx, hint)
+    if affine is None or (isinstance(affine, Lifted) and (affine.linear or affine.source is not conv.outputs[0])):
+        return None  # e.g. an Add of two convs: a join, merge_parallel's business
+    where = f"{conv.name} → {op.name}"
+    if not ctx.private(conv.outputs[0], op):
+        return Finding(NAME, where, f"the conv output is also read by {ctx.readers(conv.outputs[0], op)}")
+    refusal = next((r for r in (linear, affine) if isinstance(r, Refusal)), None)
+    if refusal is not None:
+        return Finding(NAME, where, refusal.reason)
+    if affine.layout != linear.layout:
+        return Finding(NAME, where, f"{op.op} is not per-channel: it runs along axis {affine.layout.axis} of "
+                                    f"{affine.layout.rank}, the {linear.nodes[0].op}'s channels are axis "
+                                    f"{linear.layout.axis} of {linear.layout.rank}")
+    with_bias = linear.has_bias or affine.has_bias
+    if lower.node_count(linear.layout, linear.spec, with_bias) >= len(linear.nodes) + 1:
+        return None  # a MatMul and the Add that is its bias: already as small as it gets
+    return ConvAffine(linear, affine)
 
 
 def find(ctx: Context) -> Iterator[ConvAffine | Finding]:
     for op in ctx.nodes():
-        if not is_op(op, "BatchNormalization", *lift.ELEMENTWISE):
-            continue
-        conv = next((producer(t) for t in op.inputs if is_op(producer(t), *lift.LINEAR_OPS)), None)
-        if conv is None:
-            continue
-        lifted = lift.conv(conv, ctx)
-        rank = lifted.spec.weight.ndim if not isinstance(lifted, Refusal) else None
-        affine = lift.affine(op, ctx, rank)
-        if affine is None or (not isinstance(affine, Refusal) and affine.source is not conv.outputs[0]):
-            continue  # e.g. an Add of two convs: a join, merge_parallel's business
-        where = f"{conv.name} → {op.name}"
-        if not ctx.private(conv.outputs[0], op):
-            yield Finding(NAME, where, f"the conv output is also read by {ctx.readers(conv.outputs[0], op)}")
-            continue
-        refusal = next((r for r in (lifted, affine) if isinstance(r, Refusal)), None)
-        if refusal is not None:
-            yield Finding(NAME, where, refusal.reason)
-        elif affine.scale.size not in (1, lifted.spec.out_channels) or \
-                affine.shift.size not in (1, lifted.spec.out_channels):
-            yield Finding(NAME, where, f"{op.op} has {max(affine.scale.size, affine.shift.size)} channels, "
-                                       f"the conv {lifted.spec.out_channels}")
-        else:
-            yield ConvAffine(conv, op, lifted, affine)
+        if is_op(op, *AFFINE_OPS):
+            match = _match(op, ctx)
+            if match is not None:
+                yield match
 
 
 def rewrite(ctx: Context, match: ConvAffine) -> None:
-    spec = match.lifted.spec
-    scale, shift = match.affine.per_channel(spec.out_channels)
+    linear = match.linear
+    spec = linear.spec
+    scale, shift = match.affine.spec.weight.reshape(-1), match.affine.spec.bias
     weight, bias = kernels.scale_conv(spec.weight, spec.bias, scale, shift)
-    source, output = match.first.inputs[0], match.second.outputs[0]
+    output = match.affine.nodes[-1].outputs[0]
+    name = linear.nodes[0].name
     ctx.detach(match.nodes)
-    ctx.emit_conv(match.first.name, source, replace(spec, weight=weight, bias=bias), output,
-                  match.lifted.dtype, with_bias=match.lifted.has_bias or bool(shift.any()))
+    lower.emit(ctx, name, linear.source, replace(spec, weight=weight, bias=bias), linear.layout, output,
+               linear.dtype, with_bias=linear.has_bias or match.affine.has_bias)
 
 
-RULE = Rule(NAME, "Conv → BatchNormalization or Mul/Div/Add/Sub/Neg by a per-channel constant → one Conv",
-            find, rewrite)
+RULE = Rule(NAME, "Conv/Gemm/MatMul → BatchNormalization or Mul/Div/Add/Sub/Neg by a per-channel constant "
+                  "→ one Conv/Gemm/MatMul", find, rewrite)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-from onnxrep import lift
+from onnxrep import lift, lower
 from onnxrep.graph import Context, is_op, producer
 from onnxrep.rules import Finding, PairMatch, Rule
 from onnxrep.spec import Refusal
@@ -27,7 +27,7 @@ NAME = "fold_pad_conv"
 class PadConv(PairMatch):
     """first: the Pad; second: the Conv."""
 
-    lifted: lift.LiftedConv
+    lifted: lift.Lifted
     spatial_pads: tuple[int, ...]  # ONNX order: begins, then ends
 
 
@@ -42,11 +42,11 @@ def find(ctx: Context) -> Iterator[PadConv | Finding]:
         if not ctx.private(conv.inputs[0], conv):
             yield Finding(NAME, where, f"the pad output is also read by {ctx.readers(conv.inputs[0], conv)}")
             continue
-        lifted = lift.conv(conv, ctx)
+        lifted = lift.lift(conv, ctx)
         if isinstance(lifted, Refusal):
             yield Finding(NAME, where, lifted.reason)
             continue
-        amounts = lift.zero_pads(pad, ctx, lifted.spec.weight.ndim)
+        amounts = lift.zero_pads(pad, ctx, lifted.layout.rank)
         if isinstance(amounts, Refusal):
             yield Finding(NAME, where, amounts.reason)
         else:
@@ -58,8 +58,8 @@ def rewrite(ctx: Context, match: PadConv) -> None:
     pads = tuple(a + b for a, b in zip(spec.pads, match.spatial_pads))
     source, output = match.first.inputs[0], match.second.outputs[0]
     ctx.detach(match.nodes)
-    ctx.emit_conv(match.second.name, source, replace(spec, pads=pads), output, match.lifted.dtype,
-                  with_bias=match.lifted.has_bias)
+    lower.emit(ctx, match.second.name, source, replace(spec, pads=pads), match.lifted.layout, output,
+               match.lifted.dtype, with_bias=match.lifted.has_bias)
 
 
 RULE = Rule(NAME, "Pad with zeros on spatial axes → Conv becomes one Conv with larger pads", find, rewrite)

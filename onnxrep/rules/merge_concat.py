@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxrep import spec
+from onnxrep import lower, spec
 from onnxrep.branches import Branch, layouts, lift_branch
 from onnxrep.graph import Context, is_op
 from onnxrep.rules import Finding, Rule
@@ -69,8 +69,8 @@ def find(ctx: Context) -> Iterator[ConcatRun | Finding]:
         ranks = layouts(concat.inputs)
         lifted = [lift_branch(t, 1, concat, ctx, ranks) for t in concat.inputs]
         for start, run in _runs(lifted):
-            rank = run[0].spec.spatial_dims + 2
-            if int(concat.attrs.get("axis", 1)) % rank != 1:
+            layout = run[0].layout
+            if int(concat.attrs.get("axis", 1)) % layout.rank != layout.axis:
                 yield Finding(NAME, concat.name, "the Concat is not along the channel axis")
                 break
             merged = spec.merge_concat([b.spec for b in run])
@@ -92,8 +92,8 @@ def rewrite(ctx: Context, match: ConcatRun) -> None:
     alone = len(match.branches) == len(operands)
     ctx.detach(match.nodes)
     target = output if alone else gs.Variable(ctx.unique(f"{anchor.name}_stacked"), dtype=output.dtype)
-    ctx.emit_conv(anchor.name, match.branches[0].source, match.merged, target, dtype,
-                  with_bias=any(b.has_bias for b in match.branches))
+    lower.emit(ctx, anchor.name, match.branches[0].source, match.merged, match.branches[0].layout, target, dtype,
+               with_bias=any(b.has_bias for b in match.branches))
     if not alone:
         operands[match.start:match.start + len(match.branches)] = [target]
         ctx.graph.nodes.append(gs.Node("Concat", ctx.unique(concat.name or "Concat"), dict(concat.attrs),

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxrep import spec
+from onnxrep import lower, spec
 from onnxrep.branches import Branch, layouts, lift_branch
 from onnxrep.graph import Context, constant_value, is_op, producer
 from onnxrep.rules import Finding, Rule
@@ -122,7 +122,7 @@ def find(ctx: Context) -> Iterator[Join | Finding]:
                 # The source itself is an operand: the identity branch.
                 identity = spec.identity(sibling.spec.in_channels, sibling.spec.spatial_dims)
                 branch = Branch(tensor, sign, tensor, identity if sign > 0 else identity.negated(),
-                                (), tensor.name, None, False)
+                                sibling.layout, (), tensor.name, None, False)
             if isinstance(branch, Branch):
                 groups.setdefault(id(branch.source), []).append(branch)
                 continue
@@ -174,8 +174,8 @@ def rewrite(ctx: Context, match: Join) -> None:
         target = output if alone else gs.Variable(ctx.unique(f"{anchor.name}_merged"), dtype=dtype)
         # Branches that all entered negated (a Sub's right side) stay a Sub of a positive conv.
         sign = -1 if not alone and all(b.sign < 0 for b in branches) else 1
-        ctx.emit_conv(anchor.name, branches[0].source, merged if sign > 0 else merged.negated(), target,
-                      np.dtype(weight_dtype), with_bias=any(b.has_bias for b in branches))
+        lower.emit(ctx, anchor.name, branches[0].source, merged if sign > 0 else merged.negated(),
+                   branches[0].layout, target, np.dtype(weight_dtype), with_bias=any(b.has_bias for b in branches))
         operands.append((target, sign))
     if alone:
         return

@@ -1,0 +1,139 @@
+"""fold_reshaped_affine: a per-channel affine applied through reshapes folds into the linear before them.
+
+Before:  X → MatMul (+ Add) → T0 → Flatten / Reshape / Transpose … → T1 → BatchNormalization → Y
+         (LeViT's LinearNorm: ``bn(linear(x).flatten(0, 1)).reshape_as(x)``)
+After:   X → MatMul + Add (BN folded) → T0 → Flatten / Reshape / Transpose … → Y
+
+The BN normalizes axis 1 of the reshaped tensor, which is the Linear's
+output-feature axis carried through the chain: folding is exact when every
+element keeps its channel index. The channel axis is followed op by op: a
+Transpose moves it; a Reshape or Flatten keeps it when the output has an
+axis of the same size C whose trailing dims hold as many elements as the
+input's did after the channel axis (row-major order then gives every
+element the same channel index, whatever happens to the leading axes).
+
+Conditions:
+  1. T0 and every tensor of the chain are read by the next op only (no graph output).
+  2. The linear lifts (constant weights read by it only); the affine is per
+     channel along the axis the chain carries the features to (a BN with
+     constant parameters in inference mode, read by no other node), or by
+     scalars (then the chain may do anything to the feature axis: attention's
+     ``q · scale`` after the split into heads).
+  3. The dims from the channel axis on are static at every step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxrep import kernels, lower
+from onnxrep.affine import SHAPE_OPS, Affine, affine, moved_axis
+from onnxrep.graph import Context, constant_value, is_op, producer
+from onnxrep.lift import AFFINE_OPS, Hint, Layout, Lifted, lift
+from onnxrep.rules import Finding, Rule
+from onnxrep.spec import Refusal
+
+NAME = "fold_reshaped_affine"
+
+
+@dataclass(frozen=True, eq=False)
+class Reshaped:
+    linear: Lifted
+    chain: tuple[gs.Node, ...]  # from the linear's output to the affine's input, in order
+    affine: Lifted
+
+    @property
+    def output(self) -> str:
+        return self.affine.nodes[-1].outputs[0].name
+
+    @property
+    def nodes(self) -> tuple[gs.Node, ...]:
+        return self.linear.nodes + self.chain + self.affine.nodes
+
+
+def _chain(op: gs.Node, ctx: Context) -> tuple[list[gs.Node], gs.Node] | None:
+    """The Reshape/Flatten/Transpose chain before ``op``, back to the op that starts it."""
+    chain, tensor = [], op.inputs[0]
+    while is_op(node := producer(tensor), *SHAPE_OPS) and len(chain) < 8:
+        chain.insert(0, node)
+        tensor = node.inputs[0]
+    start = producer(tensor)
+    return (chain, start) if chain and start is not None else None
+
+
+def _private(match_nodes: list[gs.Node], ctx: Context) -> Refusal | None:
+    for node, reader in zip(match_nodes, match_nodes[1:]):
+        if not ctx.private(node.outputs[0], reader):
+            return Refusal(f"{node.name}'s output is also read by {ctx.readers(node.outputs[0], reader)}")
+    return None
+
+
+def _features_axis(linear: Lifted, chain: list[gs.Node], op: gs.Node, ctx: Context) -> Layout | None | Refusal:
+    """The layout of the features at the end of the chain; None for an affine by scalars, which
+    folds whatever the reshapes did to the feature axis (attention's ``q · scale`` after the head split)."""
+    axis = linear.layout.axis
+    for node in chain:
+        axis = moved_axis(node, axis, ctx)
+        if isinstance(axis, Refusal):
+            scalar = affine(op, ctx, None)
+            return None if isinstance(scalar, Affine) and scalar.scale.size == scalar.shift.size == 1 else axis
+    return Layout(len(ctx.dims(chain[-1].outputs[0])), axis)
+
+
+def _match(op: gs.Node, ctx: Context) -> Reshaped | Finding | None:
+    found = _chain(op, ctx)
+    if found is None:
+        return None
+    chain, start = found
+    linear = lift(start, ctx)
+    if not isinstance(linear, Lifted) or not linear.linear:
+        return None
+    where = f"{start.name} → {len(chain)} reshape(s) → {op.name}"
+    layout = _features_axis(linear, chain, op, ctx)
+    if isinstance(layout, Refusal):
+        return Finding(NAME, where, layout.reason)
+    lifted = lift(op, ctx, Hint(layout or linear.layout, linear.spec.out_channels))
+    if lifted is None:
+        return None
+    refusal = lifted if isinstance(lifted, Refusal) else _private([linear.nodes[-1], *chain, op], ctx)
+    if refusal is None and layout is not None and lifted.layout != layout:
+        refusal = Refusal(f"{op.op} runs along axis {lifted.layout.axis}; the features are on axis {layout.axis}")
+    return Finding(NAME, where, refusal.reason) if refusal is not None else Reshaped(linear, tuple(chain), lifted)
+
+
+def find(ctx: Context) -> Iterator[Reshaped | Finding]:
+    for op in ctx.nodes():
+        if is_op(op, *AFFINE_OPS) and op.inputs and constant_value(op.inputs[0]) is None:
+            match = _match(op, ctx)
+            if match is not None:
+                yield match
+
+
+def rewrite(ctx: Context, match: Reshaped) -> None:
+    """The folded linear and the reshapes after it write fresh tensors (their values change); the last
+    reshape writes the affine's output (whose values do not)."""
+    linear, affine = match.linear, match.affine
+    weight, bias = kernels.scale_conv(linear.spec.weight, linear.spec.bias, affine.spec.weight.reshape(-1),
+                                      affine.spec.bias)
+    output = affine.nodes[-1].outputs[0]
+    ctx.detach(linear.nodes + affine.nodes)
+    current = _fresh(ctx, match.chain[0].inputs[0])
+    lower.emit(ctx, linear.nodes[0].name, linear.source, replace(linear.spec, weight=weight, bias=bias),
+               linear.layout, current, linear.dtype, with_bias=linear.has_bias or bool(np.any(bias)))
+    for node in match.chain:
+        node.inputs[0] = current
+        current = output if node is match.chain[-1] else _fresh(ctx, node.outputs[0])
+        node.outputs.clear()
+        node.outputs.append(current)
+
+
+def _fresh(ctx: Context, tensor: gs.Tensor) -> gs.Variable:
+    return gs.Variable(ctx.unique(f"{tensor.name}_folded"), dtype=tensor.dtype)
+
+
+RULE = Rule(NAME, "Linear → Reshape/Flatten/Transpose … → BatchNormalization (or per-channel affine) on the "
+                  "features → the Linear with the affine folded, then the reshapes", find, rewrite)

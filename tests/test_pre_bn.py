@@ -1,0 +1,74 @@
+"""A BatchNormalization (or per-channel scale and shift) *before* a conv or linear (NextViT's
+merge_pre_bn) folds into it when exact: the conv does not zero-pad what the shift reaches."""
+
+from __future__ import annotations
+
+from helpers import optimize_and_check, reasons
+from test_matmul import linear, tokens, vector
+
+from onnxrep.testing import GraphBuilder
+
+
+def images(seed=80):
+    b = GraphBuilder(seed)
+    return b, b.input("x", ["N", 6, 9, 9])
+
+
+def test_bn_before_unpadded_convs():
+    for kernel in (1, 3):
+        b, x = images()
+        b.output(b.conv(b.bn(x), 5, kernel, pads=[0, 0, 0, 0], stride=2))
+        _, report = optimize_and_check(b.model(), {"Conv": 1})
+        assert report.fired["fold_sequential"] == 1
+
+
+def test_scale_without_shift_before_a_padded_conv():
+    b, x = images(81)
+    b.output(b.conv(b.op("Mul", x, vector(b, (6, 1, 1))), 5, 3))
+    optimize_and_check(b.model(), {"Conv": 1})
+
+
+def test_refuses_shift_before_a_padded_conv():
+    """The conv pads BN(x) with zeros; the merged conv would pad x with zeros, which BN maps to its
+    shift: the border differs."""
+    b, x = images(82)
+    b.channels[x] = 6
+    b.output(b.conv(b.bn(x), 5, 3))
+    _, report = optimize_and_check(b.model(), {"BatchNormalization": 1, "Conv": 1})
+    assert "pads with zeros" in reasons(report)
+
+
+def test_affine_before_a_linear_on_tokens():
+    b, x = tokens(83)
+    shifted = b.node("Add", [b.node("Mul", [x, vector(b, (8,))]), vector(b, (8,), -1, 1)])
+    b.output(linear(b, shifted))
+    _, report = optimize_and_check(b.model(), {"MatMul": 1, "Add": 1})
+    assert report.fired["fold_sequential"] == 2
+
+
+def test_refuses_token_axis_batchnorm_before_a_linear():
+    """BatchNormalization on [B, T, C] normalizes the tokens (axis 1): the Linear reads the last axis."""
+    b, x = tokens(84, ("N", 8, 8))
+    b.output(linear(b, b.bn(x)))
+    _, report = optimize_and_check(b.model(), {"BatchNormalization": 1, "MatMul": 1, "Add": 1})
+    assert "axis" in reasons(report)
+
+
+def test_refuses_bn_read_elsewhere():
+    b, x = images(85)
+    normed = b.bn(x)
+    b.output(b.conv(normed, 5, 1, pads=[0, 0, 0, 0]))
+    b.output(b.op("Relu", normed))
+    _, report = optimize_and_check(b.model(), {"BatchNormalization": 1, "Conv": 1, "Relu": 1})
+    assert "also read by" in reasons(report)
+
+
+def test_refuses_bn_whose_statistics_are_read():
+    """The BN's running mean is read by another node: its parameters stay as they are."""
+    b, x = images(86)
+    normed = b.bn(x)
+    bn = b.nodes[-1]
+    b.output(b.conv(normed, 5, 1, pads=[0, 0, 0, 0]))
+    b.output(b.node("Add", [b.input("z", [6]), bn.input[3]]))
+    _, report = optimize_and_check(b.model(), {"BatchNormalization": 1, "Conv": 1, "Add": 1})
+    assert "shared" in reasons(report)
