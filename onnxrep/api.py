@@ -17,6 +17,7 @@ from onnxrep.report import ModelStats, Report
 from onnxrep.rules import DEFAULT_RULES, RULES_BY_NAME, Finding, Rule
 
 if TYPE_CHECKING:
+    from onnxrep.local_check import LocalCheck
     from onnxrep.verify import Verification
 
 #: At most this many rounds of rollback (each a rewrite and a verification) before a run gives up.
@@ -126,18 +127,28 @@ def _verified(model, rules, optimized, report, check_model, step) -> tuple[onnx.
     rounds) and rewrite again. The report gets ``dropped`` and the last ``verification``."""
     verification = check_model(optimized)
     dropped: list[Finding] = []
+    guessed: list[Finding] = []  # chosen among several rewrites that could be wrong at one tensor
     for _ in range(MAX_ROLLBACK_ROUNDS):
         if verification.passed or not report.applied:
             break
-        culprits = _culprits(model, rules, report.applied, {(f.rule, f.where) for f in dropped},
-                             verification, check_model)
+        culprits, guesses = _culprits(model, rules, report.applied, {(f.rule, f.where) for f in dropped},
+                                      verification, check_model)
         if not culprits:
             break
         for finding in culprits:
             step(f"roll back {finding.rule} at {finding.where}")
         dropped += culprits
+        guessed += guesses
         optimized, report = _rewrite(model, rules, blocked={(f.rule, f.where) for f in dropped})
         verification = check_model(optimized)
+    for finding in guessed if verification.passed else ():  # undo a guess the model verifies without
+        others = {(f.rule, f.where) for f in dropped if f is not finding}
+        candidate, candidate_report = _rewrite(model, rules, blocked=others)
+        check = check_model(candidate)
+        if check.passed:
+            step(f"keep {finding.rule} at {finding.where}")
+            dropped.remove(finding)
+            optimized, report, verification = candidate, candidate_report, check
     report.dropped = dropped
     report.verification = verification
     return optimized, report
@@ -157,22 +168,33 @@ def _failure(v: Verification) -> str:
             f"allowed ({v.tolerance})")
 
 
-def _culprits(model, rules, applied, blocked, verification: Verification, check_model) -> list[Finding]:
-    """The rewrites to roll back: those that wrote a tensor whose local check failed, all at once;
-    else (the local checks pass, or name no rewrite) the one bisection finds."""
-    failing = {c.tensor: c for c in verification.local if not c.passed}
-    # the last rewrite applied at each failing tensor (two merge_concat runs write one Concat: the
-    # later one goes first, the earlier one only if the tensor still fails without it)
-    last = {where.split("#")[0]: (rule, where) for rule, where in applied if (rule, where) not in blocked}
-    local = [key for tensor, key in last.items() if tensor in failing]
-    if local:
-        return [Finding(rule, where, f"rolled back: its local check failed (max abs error "
-                                    f"{failing[where.split('#')[0]].max_abs_error:.3g}, more than float "
-                                    f"rounding allows)") for rule, where in local]
+def _culprits(model, rules, applied, blocked, verification: Verification,
+              check_model) -> tuple[list[Finding], list[Finding]]:
+    """The rewrites to roll back, and which of them were guesses.
+
+    Per failing local check, the last rewrite applied at its tensor or inside its region (the
+    original's tensors it replaced: a rewrite keyed at a Reshape that is gone can be wrong at the
+    HardSwish after it), all failing checks at once; where several rewrites could be wrong at one
+    tensor (two merge_concat runs on one Concat, a fold and the reshapes around it) the last is a
+    guess, undone at the end if the model verifies without it. When the local checks pass, or name no
+    rewrite, the one that bisection finds.
+    """
+    culprits: dict[tuple[str, str], tuple[LocalCheck, bool]] = {}
+    for check in (c for c in verification.local if not c.passed):
+        inside = {check.tensor, *check.region}
+        keys = [(rule, where) for rule, where in applied
+                if where.split("#")[0] in inside and (rule, where) not in blocked]
+        if keys:
+            culprits.setdefault(keys[-1], (check, len(keys) > 1))
+    if culprits:
+        findings = {key: Finding(*key, f"rolled back: the local check of {check.tensor} failed (max abs error "
+                                       f"{check.max_abs_error:.3g}, more than float rounding allows)")
+                    for key, (check, _) in culprits.items()}
+        return list(findings.values()), [findings[key] for key, (_, guess) in culprits.items() if guess]
     culprit = _first_failing(model, rules, applied, blocked, check_model)
     if culprit is None:
-        return []
-    return [Finding(*culprit, f"rolled back: the outputs differ with this rewrite ({_failure(verification)})")]
+        return [], []
+    return [Finding(*culprit, f"rolled back: the outputs differ with this rewrite ({_failure(verification)})")], []
 
 
 def _first_failing(model, rules, applied, blocked, check_model) -> tuple[str, str] | None:

@@ -72,6 +72,11 @@ _PASS_THROUGH = {op: (0,) for op in (
     "Gather", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Relu", "Split",
     "DepthToSpace", "SpaceToDepth")}
 _PASS_THROUGH.update({"Pad": (0, 2), "Concat": None})
+#: Elementwise activations with a bounded slope L: an error e in their input moves the output by at
+#: most L·e, so the twin is ``L · magnitude(input) + |output|`` (HardSigmoid's slope is its alpha).
+_SLOPES = {"HardSwish": 1.5, "Sigmoid": 0.25, "Tanh": 1.0, "Erf": 1.13, "Gelu": 1.13, "Softplus": 1.0,
+           "Softsign": 1.0, "Elu": 1.0, "Celu": 1.0, "Selu": 1.76, "Mish": 1.1, "LeakyRelu": 1.0,
+           "Clip": 1.0, "HardSigmoid": None}
 #: Linear ops: the twin runs them on magnitudes (Sub and Neg become Add and Identity).
 _LINEAR = {"Conv": "Conv", "Gemm": "Gemm", "MatMul": "MatMul", "Add": "Add", "Sub": "Add", "Sum": "Sum",
            "Mul": "Mul", "Div": "Div", "Neg": "Identity"}
@@ -85,6 +90,7 @@ class LocalCheck:
     max_abs_error: float
     worst_ratio: float  # largest error / allowed error over the elements: passes when ≤ 1
     passed: bool
+    region: tuple[str, ...] = ()  # of a failed check: the original's tensors its rewrites replaced
 
 
 @dataclass
@@ -208,6 +214,14 @@ def original_magnitudes(original: onnx.ModelProto, checks: Plan, anchors: list[s
     return model, feeds, names
 
 
+def region(original: onnx.ModelProto, checks: Plan, anchor: str) -> tuple[str, ...]:
+    """The original's tensors computed between the anchors the rewrites read and ``anchor``: where the
+    rewrite that is wrong at ``anchor`` was made, even when it was keyed at a tensor that is gone."""
+    graph = original.graph
+    stops = set(checks.reads) | {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    return tuple(o for node in _ancestors(graph, [anchor], stops) for o in node.output if o)
+
+
 def _ancestors(graph: onnx.GraphProto, names: list[str], stops: set[str]) -> list[onnx.NodeProto]:
     """The nodes that compute ``names`` from ``stops``, in graph order."""
     producers = {o: k for k, n in enumerate(graph.node) for o in n.output if o}
@@ -304,6 +318,8 @@ class _Magnitudes:
             return self._abs(name)
         if node.op_type == "BatchNormalization":
             return self._batchnorm(node, name)
+        if node.op_type in _SLOPES and node.input and node.input[0]:
+            return self._activation(node, name)
         if node.op_type not in _LINEAR and node.op_type not in _PASS_THROUGH:
             return self._abs(name)  # an op we do not model: its value's own magnitude
         position = list(node.output).index(name)
@@ -319,6 +335,19 @@ class _Magnitudes:
         for output in outputs:  # its siblings' magnitudes come with it
             self.memo.setdefault(output.removesuffix(_MAG), output)
         return outputs[position]
+
+    def _activation(self, node: onnx.NodeProto, name: str) -> str:
+        slope = _SLOPES[node.op_type]
+        if slope is None:  # HardSigmoid: max(0, min(1, alpha·x + beta))
+            slope = abs(next((a.f for a in node.attribute if a.name == "alpha"), 0.2))
+        if node.op_type in ("Elu", "Celu") or node.op_type == "LeakyRelu":
+            slope = max(slope, abs(next((a.f for a in node.attribute if a.name == "alpha"), 1.0)))
+        scale = numpy_helper.from_array(np.array(slope, np.float32), f"{name}{_MAG}/slope")
+        self.initializers.append(scale)
+        scaled = name + _MAG + "/scaled"
+        self.nodes.append(helper.make_node("Mul", [self.of(node.input[0]), scale.name], [scaled], name=scaled))
+        self.nodes.append(helper.make_node("Add", [scaled, self._abs(name)], [name + _MAG], name=name + _MAG))
+        return name + _MAG
 
     def _batchnorm(self, node: onnx.NodeProto, name: str) -> str:
         """An inference BN is ``s·x + t``: its twin is ``|s|·|x| + |t|``, as a BN of zero mean, unit variance."""

@@ -293,6 +293,9 @@ def verify(original: onnx.ModelProto, optimized: onnx.ModelProto, *,
             moved = {n: m for n, _, m in feeding.leaves((n, reference[n], noise[n]) for n in names)}
             outputs, tolerance = [compare(n, r, a, moved.get(n)) for n, r, a in leaves], "noise floor"
     skipped = skipped or why or (None if local else "not asked for")
+    for anchor, result in results.items():
+        if not result.passed:
+            results[anchor] = replace(result, region=local_check.region(original, checks, anchor))
     locals_ = (*results.values(), *_check_folded(optimized, checks, reference))
     passed = all(c.passed for c in outputs) and all(c.passed for c in locals_)
     return Verification(passed, tuple(outputs), _shapes(feeds), time.perf_counter() - start, locals_,
