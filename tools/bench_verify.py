@@ -7,7 +7,8 @@ For each model: optimize it without verification, then time, in the same
 process and alternating round by round, (a) the floor: an onnxruntime session
 of the original and of the optimized model (graph optimizations off, as
 verification runs them) and one run of each on the same random input, and (b)
-``onnxrep.verify.verify`` of the pair (local checks, noise run, outputs).
+``onnxrep.verify.verify_sizes`` of the pair, as ``optimize`` runs it (local checks, noise run,
+outputs; a second, odd input size for a model with dynamic dims).
 Prints medians and the ratio verify / floor (target: at most 1.5).
 """
 
@@ -26,7 +27,7 @@ import onnxruntime as ort
 
 import onnxrep
 from onnxrep.feeds import make_inputs
-from onnxrep.verify import verify
+from onnxrep.verify import verify_sizes
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -53,14 +54,14 @@ def bench(name: str, model: onnx.ModelProto, shapes, rounds: int) -> None:
     for _ in range(rounds):
         floors.append(floor_seconds(model, optimized, shapes))
         start = time.perf_counter()
-        result = verify(model, optimized, input_shapes=shapes)
+        result = verify_sizes(model, optimized, input_shapes=shapes)
         verifies.append(time.perf_counter() - start)
     f, v = statistics.median(floors), statistics.median(verifies)
     worst = max((c.worst_ratio for c in result.local), default=0.0)
     print(f"{name}: nodes {len(model.graph.node)} -> {len(optimized.graph.node)}, "
-          f"{len(result.local)} rewritten tensors checked (worst error {worst:.3f} of the bound), "
+          f"{result.checked_tensors} rewritten tensors checked (worst error {worst:.3f} of the bound), "
           f"outputs error {result.max_abs_error:.2g} (noise floor {result.noise_floor:.2g}), "
-          f"passed={result.passed}")
+          f"passed={result.passed}, sizes {1 + len(result.other_sizes)}")
     print(f"  floor (2 sessions + 2 runs) {f:.2f} s, verify {v:.2f} s, ratio {v / f:.2f}")
 
 
