@@ -10,7 +10,7 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from onnxrep import io
-from onnxrep.graph import Context
+from onnxrep.graph import Context, is_op, nbytes, producer
 from onnxrep.report import Report
 from onnxrep.rules import Finding, Rule
 
@@ -32,6 +32,7 @@ def rewrite_graph(graph: gs.Graph, rules: Sequence[Rule], report: Report,
     the keys in order. ``allowed`` (when given) limits the run to those keys,
     ``blocked`` holds keys never to apply: rollback uses both.
     """
+    copied: dict[str, gs.Constant] = {}  # shared weights a rewrite read and left to their other readers
     for sweep in range(1, MAX_SWEEPS + 1):
         report.sweeps = sweep
         findings: list[Finding] = []
@@ -55,8 +56,10 @@ def rewrite_graph(graph: gs.Graph, rules: Sequence[Rule], report: Report,
                 touched |= ids
                 weights = [t for n in item.nodes for t in n.inputs if isinstance(t, gs.Constant)]
                 report.applied_at.setdefault(key, _producer_name(item))
+                read = _weights_read(item.nodes)
                 rule.rewrite(ctx, item)
                 _release(weights, ctx)
+                copied.update({name: t for name, t in read.items() if t.outputs or id(t) in ctx.graph_outputs})
                 report.fired[rule.name] += 1
                 report.applied.append(key)
             if touched:
@@ -64,7 +67,24 @@ def rewrite_graph(graph: gs.Graph, rules: Sequence[Rule], report: Report,
                 graph.cleanup().toposort()
         if not changed:
             report.refusals = list(dict.fromkeys(findings))
+            # A shared weight costs a copy only while something still reads it: when every
+            # reader was rewritten, the original went away and the copy cost nothing.
+            kept = graph.tensors()
+            report.shared_copies = {name: nbytes(t) or 0 for name, t in copied.items() if kept.get(name) is t}
             return
+
+
+def _weights_read(nodes) -> dict[str, gs.Constant]:
+    """The initializers the matched nodes read, directly or through Identity chains (a dedup'd export)."""
+    read = {}
+    for node in nodes:
+        for tensor in node.inputs:
+            seen = 0
+            while isinstance(tensor, gs.Variable) and seen < 16 and is_op(producer(tensor), "Identity"):
+                tensor, seen = producer(tensor).inputs[0], seen + 1
+            if isinstance(tensor, gs.Constant):
+                read[tensor.name] = tensor
+    return read
 
 
 def _producer_name(match) -> str:
