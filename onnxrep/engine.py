@@ -59,7 +59,7 @@ def rewrite_graph(graph: gs.Graph, rules: Sequence[Rule], report: Report,
                 read = _weights_read(item.nodes)
                 rule.rewrite(ctx, item)
                 _release(weights, ctx)
-                copied.update({name: t for name, t in read.items() if t.outputs or id(t) in ctx.graph_outputs})
+                copied.update({name: t for name, (t, others) in read.items() if _left_to_others(t, others)})
                 report.fired[rule.name] += 1
                 report.applied.append(key)
             if touched:
@@ -74,8 +74,10 @@ def rewrite_graph(graph: gs.Graph, rules: Sequence[Rule], report: Report,
             return
 
 
-def _weights_read(nodes) -> dict[str, gs.Constant]:
-    """The initializers the matched nodes read, directly or through Identity chains (a dedup'd export)."""
+def _weights_read(nodes) -> dict[str, tuple[gs.Constant, set[int]]]:
+    """The initializers the matched nodes read, directly or through Identity chains (a dedup'd export),
+    each with the ids of its readers outside the match."""
+    matched = {id(n) for n in nodes}
     read = {}
     for node in nodes:
         for tensor in node.inputs:
@@ -83,8 +85,16 @@ def _weights_read(nodes) -> dict[str, gs.Constant]:
             while isinstance(tensor, gs.Variable) and seen < 16 and is_op(producer(tensor), "Identity"):
                 tensor, seen = producer(tensor).inputs[0], seen + 1
             if isinstance(tensor, gs.Constant):
-                read[tensor.name] = tensor
+                read[tensor.name] = (tensor, {id(n) for n in tensor.outputs} - matched)
     return read
+
+
+def _left_to_others(tensor: gs.Constant, others: set[int]) -> bool:
+    """Whether a rewrite folded a copy of a shared weight: the weight is now read only by (some of)
+    the readers it had outside the match, no longer by the match (a rewrite that keeps a matched
+    node, or points new readers at the weight, copied nothing)."""
+    readers = {id(n) for n in tensor.outputs}
+    return bool(readers) and readers <= others
 
 
 def _producer_name(match) -> str:

@@ -81,3 +81,17 @@ def test_kernel_under_the_fraction_is_copied():
     optimized, report = optimize_and_check(shared_kernel(channels), {"Conv": 3})
     assert report.shared_copies == {"shared_w": 576}, report.format(verbose=True)
     assert sum("shared_w" in n.input for n in optimized.graph.node) == 1  # the unrelated conv's
+
+
+def test_identity_of_a_weight_is_dropped_without_a_copy():
+    """TorchScript's second name for a deduplicated weight: the reader reads the weight itself."""
+    b = GraphBuilder(seed=17)
+    x = b.input("x", [1, 4, 8, 8])
+    w, _ = b.conv_weights(4, 4, (3, 3), bias=False)
+    shared = b.constant(w, "shared_w")
+    alias = b.node("Identity", [shared])
+    b.output(b.node("Conv", [x, shared], pads=[1, 1, 1, 1]))
+    b.output(b.node("Relu", [b.node("Conv", [x, alias], pads=[1, 1, 1, 1])]))
+    optimized, report = optimize_and_check(b.model(), {"Conv": 2, "Relu": 1})
+    assert report.fired["fold_constants"] == 1 and report.shared_copies == {}
+    assert [n.input[1] for n in optimized.graph.node if n.op_type == "Conv"] == ["shared_w", "shared_w"]

@@ -70,3 +70,21 @@ def test_deploy_twin_passes_the_output_check(block, variant):
     files = MANIFEST["blocks"][block]["files"][variant]
     result = verify(onnx.load(FIXTURES / files["train"]), onnx.load(FIXTURES / files["deploy"]), local=False)
     assert result.passed, result.outputs
+
+
+UNTRAINED = [(b, v) for b, v in CASES if not MANIFEST["variants"][v]["trained"]]
+
+
+@pytest.mark.parametrize("block,variant", UNTRAINED, ids=[f"{b}-{v}" for b, v in UNTRAINED])
+def test_untrained_export_shares_weights_and_still_folds(block, variant):
+    """torch's initialization makes BatchNorm parameters equal: TorchScript deduplicates them (one
+    initializer read by several nodes, or renamed through Identity). Every BatchNormalization folds."""
+    train = onnx.load(FIXTURES / MANIFEST["blocks"][block]["files"][variant]["train"])
+    reads = [name for node in train.graph.node for name in node.input]
+    shared = {i.name for i in train.graph.initializer if reads.count(i.name) > 1}
+    aliases = [n for n in train.graph.node if n.op_type == "Identity"]
+    assert shared or aliases
+    optimized, report = onnxrep.optimize(train)
+    assert "BatchNormalization" not in histogram(optimized), report.format(verbose=True)
+    assert "Identity" not in histogram(optimized)
+    assert not any("is shared with" in f.reason for f in report.refusals), report.format(verbose=True)
