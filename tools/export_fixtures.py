@@ -53,7 +53,7 @@ class Variant:
     opset: int
     optimize: bool = True         # dynamo's optimize= (constant folding); TorchScript always folds
     half: bool = False            # model.half() and a float16 input
-    dynamic: str = "batch"        # "batch", or "hw": batch, height and width
+    dynamic: str = "batch"        # "batch"; "hw": batch, height and width; "none": all static (batch 2)
     trained: bool = True          # False: torch's initialization (equal BN parameters, deduplicated)
     blocks: tuple[str, ...] | None = None   # None: every block
 
@@ -61,7 +61,7 @@ class Variant:
         what = ("torch.onnx.export(dynamo=False)" if self.exporter == "ts" else
                 f"torch.onnx.export(dynamo=True, optimize={self.optimize})")
         extra = [f"opset {self.opset}", "model.half()" if self.half else "float32",
-                 "dynamic batch, height, width" if self.dynamic == "hw" else "dynamic batch"]
+                 {"hw": "dynamic batch, height, width", "batch": "dynamic batch", "none": "static"}[self.dynamic]]
         if not self.trained:
             extra.append("untrained (torch's initialization)")
         return f"{what}, " + ", ".join(extra)
@@ -70,6 +70,7 @@ class Variant:
 #: Variant name → how it is exported: TorchScript's long-time default opset 17 and dynamo's current default
 #: 20 first, then the forms users bring; the less common ones on a subset of blocks (fixtures stay small).
 FEW = ("repvgg", "acnet", "dbb", "mobileone", "repvit")
+STATIC = ("repvgg", "acnet", "mobileone", "repvit")
 VARIANTS = {
     "ts": Variant("ts", 17),
     "dynamo": Variant("dynamo", 20),
@@ -80,9 +81,12 @@ VARIANTS = {
     "dynamo_fp16": Variant("dynamo", 20, half=True),
     "ts_op11": Variant("ts", 11),
     "ts_op13": Variant("ts", 13),
-    "dynamo_op18": Variant("dynamo", 18, blocks=FEW),
+    "dynamo_op18": Variant("dynamo", 18, blocks=STATIC),    # DBB at 20 and 23 (its files are the big ones)
     "dynamo_op23": Variant("dynamo", 23, blocks=FEW),          # the newest torch 2.13 exports
     "ts_fp16_hw": Variant("ts", 17, half=True, dynamic="hw", blocks=FEW),
+    "dynamo_fp16_hw": Variant("dynamo", 20, half=True, dynamic="hw", blocks=FEW),
+    "ts_static": Variant("ts", 17, dynamic="none", blocks=STATIC),       # dbb.ts is static already
+    "dynamo_static": Variant("dynamo", 20, dynamic="none", blocks=STATIC),
     "ts_untrained": Variant("ts", 17, trained=False, blocks=FEW),
 }
 BATCH = 2                             # example batch (1 would be specialized by torch.export)
@@ -234,7 +238,8 @@ def build(name: str, seed: int) -> dict:
             continue
         train = trained if variant.trained else untrained
         nets = {"train": train, "deploy": tb.deploy_twin(train)}
-        checks = [x_check] + ([x_odd] if variant.dynamic == "hw" else [])
+        checks = ([x_check] + [x_odd] if variant.dynamic == "hw" else
+                  [x_check[:BATCH]] if variant.dynamic == "none" else [x_check])
         with torch.no_grad():
             wants = [train(c).numpy() for c in checks]
         if variant.half:
@@ -263,6 +268,8 @@ def export_variant(name, variant_name, nets, x, checks) -> tuple[list, list] | N
     every check size; else static at batch 1 and the example size, or None (no files) for a
     dynamic-height-and-width variant, which would then be its static twin again."""
     channels = x.shape[1]
+    if VARIANTS[variant_name].dynamic == "none":
+        return list(x.shape), export_pair(name, variant_name, nets, x, checks, dynamic=False)
     try:
         outputs = export_pair(name, variant_name, nets, x, checks, dynamic=True)
         hw = ["height", "width"] if VARIANTS[variant_name].dynamic == "hw" else [16, 16]
@@ -274,7 +281,7 @@ def export_variant(name, variant_name, nets, x, checks) -> tuple[list, list] | N
               f"({str(error).splitlines()[0][-60:]}): static batch 1 instead")
         if VARIANTS[variant_name].dynamic == "hw":
             for kind in nets:
-                (OUT / f"{name}.{variant_name}.{kind}.onnx").unlink()
+                (OUT / f"{name}.{variant_name}.{kind}.onnx").unlink(missing_ok=True)
             print(f"  {name}.{variant_name}: skipped, a static export is no dynamic height and width")
             return None
         first = checks[0][:1]
@@ -286,7 +293,10 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     torch.use_deterministic_algorithms(True)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)   # "torchvision is not installed" notices
-    only = sys.argv[1:]
+    only = sys.argv[1:]   # block names: re-export those only (the manifest is written by a full run)
+    if not only:
+        for stale in OUT.glob("*.onnx"):
+            stale.unlink()
     blocks = {name: build(name, seed) for seed, name in enumerate(NETS, start=2021) if not only or name in only}
     manifest = {"torch": torch.__version__, "onnx": onnx.__version__,
                 "opset": {k: v.opset for k, v in VARIANTS.items()},
