@@ -19,7 +19,8 @@ Conditions:
   2. The Pad is a zero pad of the spatial axes, with constant amounts p.
   3. Then come only ScatterND (reduction none, constant indices), Transpose,
      Identity and Slices that keep everything, each intermediate read by the
-     next only; the Transposes cancel out by T.
+     next only (and, in the Pad's layout, by Shape nodes); the Transposes
+     cancel out by T.
   4. The channel count is static. The writes cover exactly the border of
      width p, and every written element is v[c] for its channel c: a
      constant, or an Expand of a per-channel constant (any batch size).
