@@ -1,22 +1,30 @@
-"""Export PyTorch re-parameterization nets to ONNX fixtures, train and deploy, with both exporters.
+"""Export PyTorch re-parameterization nets to ONNX fixtures, train and deploy, as users export them.
 
-    python tools/export_fixtures.py
+    python tools/export_fixtures.py              # everything, and the manifest (about 3 minutes)
+    python tools/export_fixtures.py dbb repvit   # re-export those blocks only (manifest unchanged)
 
 For every block family in tools/torch_blocks.py this builds a small net (fixed
 seed, random BatchNorm statistics), its deploy twin (the authors'
 switch_to_deploy, computed in torch), and writes
 
-    tests/fixtures/torch/<block>.<ts|dynamo|dynamo_raw>.<train|deploy>.onnx
+    tests/fixtures/torch/<block>.<variant>.<train|deploy>.onnx
     tests/fixtures/torch/manifest.json
 
-"ts" is the TorchScript exporter (dynamo=False), "dynamo" the torch.export one,
-each with its own typical settings (opsets below, default optimizations) so the
-files look like what users bring; "dynamo_raw" is dynamo with optimize=False
-(no constant folding: BN-and-pad values, zero biases and index arithmetic are
-computed in the graph). The batch dim is dynamic. Before writing the
-manifest it checks that torch train == torch deploy, and that for each exporter
-the train and deploy files give the torch output in onnxruntime (its graph
-optimizations off, so its own Conv+BN fusion cannot hide anything).
+for each variant of VARIANTS below: "ts" is the TorchScript exporter
+(dynamo=False), "dynamo" the torch.export one, each with its own typical
+settings (default opsets and optimizations) so the files look like what users
+bring; "dynamo_raw" is dynamo with optimize=False (no constant folding:
+BN-and-pad values, zero biases and index arithmetic are computed in the
+graph). The others vary one thing: float16 (model.half()), dynamic height and
+width besides the batch, the opset, static dims, torch's initialization
+(untrained: TorchScript deduplicates its equal BatchNorm parameters). A full
+run deletes the old files first, so it writes exactly the set the manifest
+lists, byte for byte on one machine. Before writing the manifest it checks
+that torch train == torch deploy, and that for each variant the train and
+deploy files give the torch output in onnxruntime (its graph optimizations
+off, so its own Conv+BN fusion cannot hide anything), at the example size
+and, for dynamic height and width, at ODD_HW too; float16 to 1e-2 of the
+output's scale.
 """
 
 from __future__ import annotations
