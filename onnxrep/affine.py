@@ -173,9 +173,8 @@ def batchnorm(node: gs.Node, ctx: Context) -> Affine | Refusal:
         value = ctx.constant(tensor, f"{what} of {name}")
         if isinstance(value, Refusal):
             return value
-        readers = [n for n in tensor.outputs if not is_op(n, "BatchNormalization", "Identity")]
-        if readers or id(tensor) in ctx.graph_outputs:  # a BN's own, or one shared by BNs of one init
-            return Refusal(f"{what} '{tensor.name}' of {name} is shared with {ctx.readers(tensor, node)}")
+        # a parameter another node also reads stays for it: folds write fresh weights (a private copy,
+        # counted in the report's shared copies), never this tensor
         values.append(value)
     if len({v.size for v in values}) > 1 or any(v.ndim != 1 for v in values):
         return Refusal(f"{name} parameters are not vectors of one length")

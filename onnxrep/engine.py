@@ -10,7 +10,7 @@ import onnx_graphsurgeon as gs
 
 # api.py reads the model conversion through this module.
 from onnxrep.convert import export, load_weights, overridable_initializers, release, skeleton  # noqa: F401
-from onnxrep.graph import Context
+from onnxrep.graph import Context, is_op, nbytes, producer
 from onnxrep.report import Report
 from onnxrep.rules import Finding, Rule
 
@@ -28,6 +28,7 @@ def rewrite_graph(graph: gs.Graph, rules: Sequence[Rule], report: Report,
     keys, ``blocked`` holds keys never to apply: rollback uses both.
     """
     done: Counter[tuple[str, str]] = Counter()  # rewrites applied so far, per (rule, tensor)
+    copied: dict[str, gs.Constant] = {}  # shared weights a rewrite read and left to their other readers
     for sweep in range(1, MAX_SWEEPS + 1):
         report.sweeps = sweep
         findings: list[Finding] = []
@@ -52,8 +53,10 @@ def rewrite_graph(graph: gs.Graph, rules: Sequence[Rule], report: Report,
                 touched |= ids
                 weights = [t for n in item.nodes for t in n.inputs if isinstance(t, gs.Constant)]
                 report.applied_at.setdefault(key, _producer_name(item))
+                read = _weights_read(item.nodes)
                 rule.rewrite(ctx, item)
                 release(weights, ctx.graph_outputs)
+                copied.update({name: t for name, (t, others) in read.items() if _left_to_others(t, others)})
                 report.fired[rule.name] += 1
                 done[at] += 1
                 report.applied.append(key)
@@ -62,7 +65,34 @@ def rewrite_graph(graph: gs.Graph, rules: Sequence[Rule], report: Report,
                 graph.cleanup().toposort()
         if not changed:
             report.refusals = list(dict.fromkeys(findings))
+            # A shared weight costs a copy only while something still reads it: when every
+            # reader was rewritten, the original went away and the copy cost nothing.
+            kept = graph.tensors()
+            report.shared_copies = {name: nbytes(t) or 0 for name, t in copied.items() if kept.get(name) is t}
             return
+
+
+def _weights_read(nodes) -> dict[str, tuple[gs.Constant, set[int]]]:
+    """The initializers the matched nodes read, directly or through Identity chains (a dedup'd export),
+    each with the ids of its readers outside the match."""
+    matched = {id(n) for n in nodes}
+    read = {}
+    for node in nodes:
+        for tensor in node.inputs:
+            seen = 0
+            while isinstance(tensor, gs.Variable) and seen < 16 and is_op(producer(tensor), "Identity"):
+                tensor, seen = producer(tensor).inputs[0], seen + 1
+            if isinstance(tensor, gs.Constant):
+                read[tensor.name] = (tensor, {id(n) for n in tensor.outputs} - matched)
+    return read
+
+
+def _left_to_others(tensor: gs.Constant, others: set[int]) -> bool:
+    """Whether a rewrite folded a copy of a shared weight: the weight is now read only by (some of)
+    the readers it had outside the match, no longer by the match (a rewrite that keeps a matched
+    node, or points new readers at the weight, copied nothing)."""
+    readers = {id(n) for n in tensor.outputs}
+    return bool(readers) and readers <= others
 
 
 def _producer_name(match) -> str:

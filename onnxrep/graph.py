@@ -36,6 +36,7 @@ class Context:
     graph_inputs: set[int] = field(default_factory=set)
     names: set[str] = field(default_factory=set)
     inferred: dict[str, tuple] | None = None  # ONNX shape inference, run at most once per sweep and rule
+    weight_bytes: int | None = None  # the bytes of all the graph's weights, counted when first asked
 
     @classmethod
     def of(cls, graph: gs.Graph, overridable: frozenset[str] = frozenset()) -> Context:
@@ -84,6 +85,12 @@ class Context:
         """True when ``reader`` is the only thing that reads ``tensor``."""
         return (id(tensor) not in self.graph_outputs
                 and len(tensor.outputs) == 1 and tensor.outputs[0] is reader)
+
+    def model_bytes(self) -> int:
+        """The bytes of the graph's weights (initializers), from their shapes: no weight is loaded."""
+        if self.weight_bytes is None:
+            self.weight_bytes = sum(nbytes(t) for t in self.graph.tensors().values() if isinstance(t, gs.Constant))
+        return self.weight_bytes
 
     def readers(self, tensor: gs.Tensor, besides: gs.Node | None = None) -> str:
         """Who reads ``tensor`` (other than ``besides``), for refusal messages."""
@@ -138,19 +145,60 @@ def _constant_node_value(node: gs.Node) -> np.ndarray | None:
     return None
 
 
-def sharing(tensor: gs.Tensor, reader: gs.Node, ctx: Context) -> Refusal | None:
-    """A refusal when a constant read by ``reader`` is also read by another node or an output.
+#: A shared weight whose private copy costs at most this fraction of the model's weights is copied.
+#: One in a thousand keeps the growth of any real model invisible (a 10 MB model grows by at most
+#: 10 KB a copy, the report counts every byte); in the small test graphs no kernel is that small, so a
+#: shared kernel there is left, with its reason.
+SHARED_COPY_FRACTION = 1 / 1000
 
-    Rewrites always emit fresh weights, but folding a shared weight would keep
-    both copies in the model, so a shared weight is left as it is.
+
+def sharing(tensor: gs.Tensor, reader: gs.Node, ctx: Context) -> Refusal | None:
+    """A refusal when a constant read by ``reader`` is also read by another node or an output, and
+    is too big to copy.
+
+    Rewrites never edit a weight: they emit fresh ones, so folding a shared weight is exact and
+    leaves the original to its other readers; the cost is the copy (the engine counts the bytes
+    that stay, see ``Report.shared_copies``). TorchScript deduplicates equal initializers, so
+    untrained models (equal BatchNorm parameters, zero biases) share them everywhere. A copy is
+    made of any 1-D weight (biases, BN parameters, per-channel scales: C numbers next to the C·C·k·k
+    kernel they fold with) and of any weight under SHARED_COPY_FRACTION of the model's weights.
     """
     while True:
         if not ctx.private(tensor, reader):
-            return Refusal(f"weight '{tensor.name}' is shared with {ctx.readers(tensor, reader)}")
+            if _cheap_copy(tensor, ctx):
+                return None
+            return Refusal(f"weight '{tensor.name}' is shared with {ctx.readers(tensor, reader)} "
+                           f"({_bytes(nbytes(tensor))}, too big to copy)")
         node = producer(tensor)
         if not is_op(node, "Identity"):
             return None
         tensor, reader = node.inputs[0], node
+
+
+def _cheap_copy(tensor: gs.Tensor, ctx: Context) -> bool:
+    if id(tensor) in ctx.graph_outputs:
+        return False  # a graph output's value is not ours to duplicate into the weights
+    shape = tensor.shape if isinstance(tensor, gs.Constant) else dims(tensor)
+    if shape is not None and len(shape) <= 1:
+        return True
+    size = nbytes(tensor)
+    return size is not None and size <= SHARED_COPY_FRACTION * ctx.model_bytes()
+
+
+def nbytes(tensor: gs.Tensor) -> int | None:
+    """A constant's size in bytes from its shape and dtype (None for a tensor that is no initializer)."""
+    if not isinstance(tensor, gs.Constant):
+        value = constant_value(tensor)
+        return None if value is None else int(value.nbytes)
+    try:
+        itemsize = np.dtype(tensor.dtype).itemsize
+    except TypeError:
+        itemsize = 4
+    return math.prod(tensor.shape) * itemsize
+
+
+def _bytes(n: int | None) -> str:
+    return "size unknown" if n is None else f"{n:,} bytes"
 
 
 #: A Slice end at least this large keeps every element of any real axis (torch exports ``:`` as INT64_MAX).

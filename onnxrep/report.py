@@ -45,6 +45,13 @@ class Report:
     applied: list[tuple[str, str]] = field(default_factory=list)  # (rule, tensor[#N]) keys, in order
     dropped: list[Finding] = field(default_factory=list)  # rewrites rolled back: verification failed
     applied_at: dict[tuple[str, str], str] = field(default_factory=dict)  # applied key -> node name
+    #: Shared weights a rewrite folded into a private copy, still kept for their other readers: name -> bytes.
+    shared_copies: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def shared_copy_bytes(self) -> int:
+        """The bytes the model grew by copying shared weights."""
+        return sum(self.shared_copies.values())
 
     def to_dict(self) -> dict:
         return {
@@ -56,6 +63,7 @@ class Report:
             "seconds": self.seconds,
             "sweeps": self.sweeps,
             "dropped": [asdict(f) for f in self.dropped],
+            "shared_copies": {"bytes": self.shared_copy_bytes, "weights": dict(self.shared_copies)},
         }
 
     def format(self, verbose: bool = False) -> str:
@@ -70,6 +78,10 @@ class Report:
         if self.refusals:
             lines.append(f"left as they were ({len(self.refusals)}){_by_reason(self.refusals, verbose)}:")
             lines += refusal_lines(self.refusals, verbose)
+        if self.shared_copies:
+            names = ", ".join(list(self.shared_copies)[:3]) + (", …" if len(self.shared_copies) > 3 else "")
+            lines.append(f"shared weights copied: {len(self.shared_copies)} ({names}), "
+                         f"+{self.shared_copy_bytes:,} bytes (their other readers keep the originals)")
         lines += self.hints()
         lines.append(_verification_line(self.verification))
         if self.seconds:
@@ -131,8 +143,8 @@ HINTS = (
     ("is not a constant", "weights computed at run time are not folded: export with do_constant_folding=True, "
                           "or run onnxsim/onnxslim first"),
     ("training mode", "BatchNormalization in training mode: call model.eval() before exporting"),
-    ("is shared with", "weights read by several nodes are not folded; exporters share equal initializers, "
-                       "as in a freshly initialized model's BatchNorms: export the trained weights"),
+    ("is shared with", "a big weight read by several nodes is not copied; exporters share equal initializers, "
+                       "as in a freshly initialized model: export the trained weights"),
 )
 
 

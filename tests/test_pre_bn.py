@@ -63,12 +63,27 @@ def test_refuses_bn_read_elsewhere():
     assert "also read by" in reasons(report)
 
 
-def test_refuses_bn_whose_statistics_are_read():
-    """The BN's running mean is read by another node: its parameters stay as they are."""
+def test_bn_whose_mean_another_node_reads_folds_into_a_private_copy():
+    """The BN's running mean is also read by an Add: the fold writes fresh weights, the mean stays
+    for the Add, and the report counts what stays as a shared copy."""
     b, x = images(86)
     normed = b.bn(x)
     bn = b.nodes[-1]
     b.output(b.conv(normed, 5, 1, pads=[0, 0, 0, 0]))
     b.output(b.node("Add", [b.input("z", [6]), bn.input[3]]))
+    optimized, report = optimize_and_check(b.model(), {"Conv": 1, "Add": 1})
+    assert bn.input[3] in report.shared_copies
+    assert bn.input[3] in next(n for n in optimized.graph.node if n.op_type == "Add").input
+
+
+def test_refuses_bn_whose_statistics_are_computed_in_training_mode():
+    """A BN in training mode computes its statistics from the batch (and writes running ones):
+    not an affine of constants, so it stays before the conv."""
+    b, x = images(87)
+    params = [b.constant(p) for p in b.bn_params(6)]
+    normed, mean, var = b.node("BatchNormalization", [x, *params], outputs=3, training_mode=1)
+    b.channels[normed] = 6
+    b.output(b.conv(normed, 5, 1, pads=[0, 0, 0, 0]))
+    b.output(b.op("Add", mean, var))
     _, report = optimize_and_check(b.model(), {"BatchNormalization": 1, "Conv": 1, "Add": 1})
-    assert "shared" in reasons(report)
+    assert "training mode" in reasons(report)

@@ -19,10 +19,18 @@ Conditions:
   2. The Pad is a zero pad of the spatial axes, with constant amounts p.
   3. Then come only ScatterND (reduction none, constant indices), Transpose,
      Identity and Slices that keep everything, each intermediate read by the
-     next only; the Transposes cancel out by T.
-  4. The channel count and spatial dims are static. The writes cover exactly
-     the border of width p, and every written element is v[c] for its channel
-     c: a constant, or an Expand of a per-channel constant (any batch size).
+     next only (and, in the Pad's layout, by Shape nodes); the Transposes
+     cancel out by T.
+  4. The channel count is static. The writes cover exactly the border of
+     width p, and every written element is v[c] for its channel c: a
+     constant, or an Expand of a per-channel constant (any batch size).
+     With static spatial dims the written positions are compared with the
+     border element by element. With dynamic ones (an export with dynamic
+     height and width) each write must set whole rows of one spatial axis,
+     its indices Unsqueeze(Slice(Range(0, Shape(P)[axis], 1), s, e)) of that
+     very axis of the padded tensor P: s = 0, e = p_begin is the first p_begin
+     rows and s = −p_end, e = ∞ the last p_end, for every size; each side of
+     each padded axis written once. The Shape nodes then read the result.
   5. v equals b to within float rounding (the exporter computed one, the
      BatchNormalization fold the other): |v − b| ≤ 32·ε·(1 + max|b|).
 """
@@ -36,7 +44,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxrep import lift, lower
-from onnxrep.graph import Context, constant_value, is_op, producer, selects_all
+from onnxrep.graph import WHOLE_END, Context, constant_value, is_op, producer, selects_all
 from onnxrep.rules import Finding, Rule
 from onnxrep.spec import Refusal
 
@@ -51,6 +59,7 @@ class BiasPad:
     end: gs.Tensor
     lifted: lift.Lifted
     pads: tuple[int, ...]
+    measured: tuple[gs.Node, ...] = ()  # Shape nodes reading the padded tensor (same shape as end)
 
     @property
     def output(self) -> str:
@@ -67,11 +76,22 @@ class _Write:
     perm: tuple[int, ...]  # axis i of the written tensor is axis perm[i] of the padded one
 
 
-def _follow(tensor: gs.Tensor, rank: int, ctx: Context) -> tuple[list[gs.Node], gs.Tensor, list[_Write]] | None:
-    """The longest run of writes after the Pad that ends in the Pad's own layout; None without writes."""
-    nodes, writes, perm, best = [], [], tuple(range(rank)), None
-    while len(tensor.outputs) == 1 and id(tensor) not in ctx.graph_outputs:
-        node = tensor.outputs[0]
+def _follow(tensor: gs.Tensor, rank: int, ctx: Context) -> tuple[list[gs.Node], gs.Tensor, list[_Write],
+                                                                  list[gs.Node]] | None:
+    """The longest run of writes after the Pad that ends in the Pad's own layout; None without writes.
+
+    Besides the next node of the run, a tensor in the Pad's layout may be read by Shape nodes
+    (exports with dynamic dims compute the writes' indices from it): they are returned, to read
+    the run's end instead, which has the same shape.
+    """
+    nodes, writes, measured, perm, best = [], [], [], tuple(range(rank)), None
+    identity = tuple(range(rank))
+    while id(tensor) not in ctx.graph_outputs:
+        shapes = [n for n in tensor.outputs if is_op(n, "Shape")] if perm == identity else []
+        rest = [n for n in tensor.outputs if n not in shapes]
+        if len(rest) != 1:
+            break
+        node = rest[0]
         if is_op(node, "Transpose"):
             order = node.attrs.get("perm", list(range(rank))[::-1])
             if sorted(order) != list(range(rank)):
@@ -82,11 +102,23 @@ def _follow(tensor: gs.Tensor, rank: int, ctx: Context) -> tuple[list[gs.Node], 
             writes.append(_Write(node, perm))
         elif not (is_op(node, "Identity") or selects_all(node, ctx)):
             break
+        measured += shapes
         nodes.append(node)
         tensor = node.outputs[0]
-        if writes and perm == tuple(range(rank)):
-            best = (list(nodes), tensor, list(writes))
+        if writes and perm == identity:
+            best = (list(nodes), tensor, list(writes), list(measured))
     return best
+
+
+def _in_pad_layout(pad: gs.Node, nodes: list[gs.Node], rank: int) -> set[int]:
+    """The ids of the Pad's output and of the run's tensors in its layout: all of the padded shape."""
+    ids, perm = {id(pad.outputs[0])}, list(range(rank))
+    for node in nodes:
+        if node.op == "Transpose":
+            perm = [perm[i] for i in node.attrs.get("perm", list(range(rank))[::-1])]
+        if perm == list(range(rank)):
+            ids.add(id(node.outputs[0]))
+    return ids
 
 
 def _channel_fill(tensor: gs.Tensor, ctx: Context) -> np.ndarray | tuple[np.ndarray, int] | None:
@@ -121,10 +153,12 @@ def _channel_fill(tensor: gs.Tensor, ctx: Context) -> np.ndarray | tuple[np.ndar
 
 
 def _border_value(writes: list[_Write], shape: list[int | None], pads: tuple[int, ...],
-                  ctx: Context) -> np.ndarray | Refusal:
+                  same_shape: set[int], ctx: Context) -> np.ndarray | Refusal:
     """v (C,) when the writes set exactly the border of width ``pads`` to v[c], channel by channel."""
-    if any(d is None for d in shape[1:]):
-        return Refusal("the padded tensor's channels or spatial size are not static")
+    if shape[1] is None:
+        return Refusal("the padded tensor's channel count is not static")
+    if any(d is None for d in shape[2:]):
+        return _rows_border(writes, shape, pads, same_shape, ctx)
     batch_static = shape[0] is not None
     mask = np.zeros([shape[0] if batch_static else 1, *shape[1:]], bool)
     channels = shape[1]
@@ -144,18 +178,128 @@ def _border_value(writes: list[_Write], shape: list[int | None], pads: tuple[int
             return Refusal(f"{write.node.name} writes out of bounds")
         written[tuple(picked.T)] = True
         found = _write_values(write, picked.reshape(indices.shape), written.shape, channels, ctx)
-        if isinstance(found, Refusal):
-            return found
-        known = ~np.isnan(values) & ~np.isnan(found)
-        if np.any(values[known] != found[known]):
-            return Refusal("the border writes set different values")
-        values = np.where(np.isnan(values), found, values)
+        values = _merge(values, found)
+        if isinstance(values, Refusal):
+            return values
     nd = len(shape) - 2
     border = np.ones(shape[2:], bool)
     border[tuple(slice(pads[a], shape[2 + a] - pads[nd + a]) for a in range(nd))] = False
     if not np.array_equal(mask, np.broadcast_to(border, mask.shape)):
         return Refusal("the writes do not cover exactly the padded border")
     return values
+
+
+def _merge(values: np.ndarray, found: np.ndarray | Refusal) -> np.ndarray | Refusal:
+    """The per-channel values so far (NaN: not written yet) and one more write's, if they agree."""
+    if isinstance(found, Refusal):
+        return found
+    known = ~np.isnan(values) & ~np.isnan(found)
+    if np.any(values[known] != found[known]):
+        return Refusal("the border writes set different values")
+    return np.where(np.isnan(values), found, values)
+
+
+def _rows_border(writes: list[_Write], shape: list[int | None], pads: tuple[int, ...], same_shape: set[int],
+                 ctx: Context) -> np.ndarray | Refusal:
+    """v (C,) when, for any spatial size, the writes set exactly the border of width ``pads`` to v[c]:
+    each write sets the first or last rows of one padded axis (see _side), each side once."""
+    nd, channels = len(shape) - 2, shape[1]
+    values, sides = np.full(channels, np.nan), []
+    for write in writes:
+        axis = write.perm[0]  # whole rows along axis 0 of the written tensor: this axis of the padded one
+        if axis < 2:
+            return Refusal(f"{write.node.name} writes along the batch or channel axis")
+        side = _side(write.node.inputs[1], axis, shape[axis], (pads[axis - 2], pads[nd + axis - 2]), same_shape, ctx)
+        if isinstance(side, Refusal):
+            return Refusal(f"{write.node.name}: {side.reason}")
+        sides.append((axis, side))
+        if not isinstance(_channel_fill(write.node.inputs[2], ctx), tuple):
+            return Refusal(f"{write.node.name} does not write an Expand of a per-channel constant")
+        values = _merge(values, _write_values(write, np.zeros((1, 1), np.int64), (), channels, ctx))
+        if isinstance(values, Refusal):
+            return values
+    expected = [(2 + a, side) for a in range(nd) for side, p in ((0, pads[a]), (1, pads[nd + a])) if p]
+    if sorted(sides) != sorted(expected):
+        return Refusal("the writes do not cover exactly the padded border")
+    return values
+
+
+def _side(indices: gs.Tensor, axis: int, dim: int | None, pads: tuple[int, int], same_shape: set[int],
+          ctx: Context) -> int | Refusal:
+    """0 when ``indices`` (k, 1) are the first pads[0] rows of ``axis``, 1 when the last pads[1], for
+    every size of it: constants (the first rows, or the last as −p…−1), or
+    Unsqueeze(Slice(Range(0, Shape(P)[axis], 1), s, e), −1) with P the padded tensor."""
+    begin, end = pads
+    rows = ctx.constant(indices, "ScatterND indices")
+    if not isinstance(rows, Refusal):
+        if rows.ndim != 2 or rows.shape[-1] != 1:
+            return Refusal("its indices do not pick whole rows")
+        picked = rows.reshape(-1).tolist()
+        if begin and picked == list(range(begin)):
+            return 0
+        if end and (picked == list(range(-end, 0)) or dim is not None and picked == list(range(dim - end, dim))):
+            return 1
+        return Refusal(f"it writes rows {picked} of an axis padded by {begin} and {end}")
+    bounds = _sliced_range(indices, axis, same_shape, ctx)
+    if isinstance(bounds, Refusal):
+        return bounds
+    start, stop = bounds
+    if begin and start == 0 and stop == begin:
+        return 0
+    if end and start == -end and stop >= WHOLE_END:
+        return 1
+    return Refusal(f"it writes rows {start}:{stop} of axis {axis}, padded by {begin} and {end}: not its border "
+                   "for every size")
+
+
+def _sliced_range(indices: gs.Tensor, axis: int, same_shape: set[int], ctx: Context) -> tuple[int, int] | Refusal:
+    """(s, e) when ``indices`` is Unsqueeze(Slice(Range(0, Shape(P)[axis], 1), [s], [e]), [-1])."""
+    unsqueeze = producer(indices)
+    squeeze_axes = (unsqueeze.attrs.get("axes") if is_op(unsqueeze, "Unsqueeze") and len(unsqueeze.inputs) == 1
+                    else _constant_list(unsqueeze.inputs[1], ctx) if is_op(unsqueeze, "Unsqueeze") else None)
+    if squeeze_axes is None or list(squeeze_axes) not in ([-1], [1]):
+        return Refusal("its indices are neither constant nor rows of a Range")
+    slice_ = producer(unsqueeze.inputs[0])
+    if not is_op(slice_, "Slice") or len(slice_.inputs) < 3:
+        return Refusal("its indices are not a Slice of a Range")
+    starts, ends, *rest = (_constant_list(t, ctx) for t in slice_.inputs[1:5])
+    if starts is None or ends is None or len(starts) != 1 or len(ends) != 1 or any(
+            r is None or list(r) not in (default, [-1] if default == [0] else default)
+            for r, default in zip(rest, ([0], [1]))):
+        return Refusal("its indices are not one constant Slice (axis 0, step 1) of a Range")
+    range_ = producer(slice_.inputs[0])
+    if not is_op(range_, "Range"):
+        return Refusal("its indices are not a Slice of a Range")
+    first, step = (_constant_list(t, ctx) for t in (range_.inputs[0], range_.inputs[2]))
+    if first != [0] or step != [1]:
+        return Refusal("its indices slice a Range that does not count 0, 1, 2, …")
+    measured = _measured_axis(range_.inputs[1], same_shape, ctx)
+    if measured != axis:
+        return Refusal(f"its indices count the rows of {'another tensor or axis' if measured is None else measured}, "
+                       f"not of axis {axis} of the padded tensor")
+    return starts[0], ends[0]
+
+
+def _measured_axis(limit: gs.Tensor, same_shape: set[int], ctx: Context) -> int | None:
+    """a when ``limit`` is Gather(Shape(P), a) (a scalar) of a tensor P with the padded tensor's shape."""
+    gather = producer(limit)
+    if not is_op(gather, "Gather") or gather.attrs.get("axis", 0) != 0:
+        return None
+    shape = producer(gather.inputs[0])
+    index = ctx.constant(gather.inputs[1], "Gather index")
+    if not is_op(shape, "Shape") or id(shape.inputs[0]) not in same_shape:
+        return None
+    if isinstance(index, Refusal) or index.ndim != 0:
+        return None
+    rank = len(ctx.dims(shape.inputs[0]) or ())
+    start = shape.attrs.get("start", 0)
+    dims = list(range(rank))[start:shape.attrs.get("end", rank)]
+    return dims[int(index)] if rank and -len(dims) <= int(index) < len(dims) else None
+
+
+def _constant_list(tensor: gs.Tensor, ctx: Context) -> list[int] | None:
+    value = ctx.constant(tensor, "value")
+    return None if isinstance(value, Refusal) or value.dtype.kind not in "iu" else value.reshape(-1).tolist()
 
 
 def _write_values(write: _Write, indices: np.ndarray, shape: tuple, channels: int,
@@ -202,7 +346,7 @@ def find(ctx: Context) -> Iterator[BiasPad | Finding]:
         chain = _follow(pad.outputs[0], rank, ctx)
         if chain is None:
             continue  # a plain pad: fold_pad_conv's business
-        nodes, end, writes = chain
+        nodes, end, writes, measured = chain
         where = f"{conv.name} → {pad.name} → {len(writes)} border writes"
         if not ctx.private(pad.inputs[0], pad):
             yield Finding(NAME, where, f"the conv output is also read by {ctx.readers(pad.inputs[0], pad)}")
@@ -224,7 +368,8 @@ def find(ctx: Context) -> Iterator[BiasPad | Finding]:
         if shape is None or len(shape) != rank:
             yield Finding(NAME, where, "the padded tensor's shape is unknown")
             continue
-        value = _border_value(writes, shape, pads, ctx)
+        same_shape = _in_pad_layout(pad, nodes, rank)
+        value = _border_value(writes, shape, pads, same_shape, ctx)
         if isinstance(value, Refusal):
             yield Finding(NAME, where, value.reason)
             continue
@@ -233,7 +378,7 @@ def find(ctx: Context) -> Iterator[BiasPad | Finding]:
         if not gap <= tolerance:
             yield Finding(NAME, where, f"the border value is not the conv's bias (they differ by up to {gap:.3g})")
             continue
-        yield BiasPad(conv, pad, tuple(nodes), end, lifted, pads)
+        yield BiasPad(conv, pad, tuple(nodes), end, lifted, pads, tuple(measured))
 
 
 def rewrite(ctx: Context, match: BiasPad) -> None:
@@ -241,6 +386,8 @@ def rewrite(ctx: Context, match: BiasPad) -> None:
     ctx.detach(match.nodes)
     lower.emit(ctx, match.conv.name, source, replace(match.lifted.spec, pads=match.pads), match.lifted.layout,
                match.end, match.lifted.dtype, with_bias=match.lifted.has_bias)
+    for shape in match.measured:  # the padded tensor is gone: its shape is the end's
+        shape.inputs[0] = match.end
 
 
 RULE = Rule(NAME, "1x1 Conv → zero Pad → border writes of the conv's bias (DBB's BN-and-pad) "

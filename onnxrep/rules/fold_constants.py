@@ -27,6 +27,10 @@ Folded, for a node of the default domain whose outputs are not graph outputs:
      much (a Cast of float16 weights to float32 stays).
 The values come from ONNX's reference implementation (onnx.reference).
 
+Also, an Identity of a weight is dropped and its readers read the weight
+itself: TorchScript writes one for each weight it deduplicated under a second
+name, and it is nothing but a node to run (no weight is copied).
+
 Also, a CastLike whose target tensor has a known dtype becomes a Cast to that
 dtype: the target is read for its type only, and dynamo exports (optimize=False)
 otherwise keep whole Slice chains alive just to name a dtype.
@@ -59,7 +63,7 @@ DATA_OPS = frozenset((
 IEEE_OPS = frozenset(("Add", "Sub", "Mul", "Div", "Neg", "Abs", "Min", "Max", "Sqrt", "Reciprocal"))
 #: Folded only when every input is an integer or boolean (on floats their order of operations varies).
 INTEGER_OPS = frozenset(("Sum", "Range", "Sign", "ReduceProd", "ReduceSum", "ReduceMin", "ReduceMax"))
-FOLDABLE = DATA_OPS | IEEE_OPS | INTEGER_OPS | {"CastLike"}
+FOLDABLE = DATA_OPS | IEEE_OPS | INTEGER_OPS | {"CastLike", "Identity"}
 #: Results up to this many bytes are always folded (indices, shapes, small per-channel tables).
 SMALL = 1 << 19
 
@@ -67,6 +71,11 @@ SMALL = 1 << 19
 @dataclass(frozen=True, eq=False)
 class Fold(NodeMatch):
     values: tuple[np.ndarray, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class Alias(NodeMatch):
+    """An Identity of an initializer (a weight shared under two names)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,9 +107,13 @@ def _shape_vector(tensor: gs.Tensor, ctx: Context) -> list[int | None] | None:
 
 
 def _evaluate(node: gs.Node, ctx: Context, values: list) -> list[np.ndarray]:
+    """The node's outputs at the graph's opset (a lone NodeProto would run at the newest: Unsqueeze-11's
+    axes attribute, Split-11's split, ... would then fail or mean something else)."""
     proto = OnnxExporter.export_node(node)
     feeds = {name: value for name, value in zip(proto.input, values) if name}
-    outputs = ReferenceEvaluator(proto, opsets={"": ctx.graph.opset}).run(None, feeds)
+    graph = onnx.helper.make_graph([proto], "fold", [onnx.ValueInfoProto(name=n) for n in feeds],
+                                   [onnx.ValueInfoProto(name=n) for n in proto.output])
+    outputs = ReferenceEvaluator(graph, opsets={"": ctx.graph.opset}).run(None, feeds)
     return [np.asarray(v) for v in outputs]
 
 
@@ -148,6 +161,11 @@ def find(ctx: Context) -> Iterator[Fold]:
                 or any(id(t) in ctx.graph_outputs for t in node.outputs)
                 or any(isinstance(a, gs.Graph) for a in node.attrs.values())):
             continue
+        if node.op == "Identity":
+            source = node.inputs[0] if node.inputs else None
+            if isinstance(source, gs.Constant) and id(source) not in ctx.graph_inputs:
+                yield Alias(node)
+            continue
         if node.op == "CastLike":
             to = _elem_type(node.inputs[1].dtype) if len(node.inputs) == 2 else None
             if to is not None and isinstance(ctx.constant(node.inputs[0], "input"), Refusal):
@@ -161,8 +179,16 @@ def find(ctx: Context) -> Iterator[Fold]:
             yield Fold(node, values)
 
 
-def rewrite(ctx: Context, match: Fold | CastLikeToCast) -> None:
+def rewrite(ctx: Context, match: Fold | Alias | CastLikeToCast) -> None:
     outputs = list(match.node.outputs)
+    if isinstance(match, Alias):
+        source, alias = match.node.inputs[0], outputs[0]
+        for reader in list(alias.outputs):
+            for i, tensor in enumerate(reader.inputs):
+                if tensor is alias:
+                    reader.inputs[i] = source
+        ctx.detach(match.nodes)
+        return
     if isinstance(match, CastLikeToCast):
         source, name = match.node.inputs[0], match.node.name
         ctx.detach(match.nodes)
