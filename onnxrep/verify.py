@@ -23,6 +23,7 @@ the original's magnitudes run only when a check needs them (see :func:`verify`).
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 import time
@@ -284,14 +285,8 @@ def verify(original: onnx.ModelProto, optimized: onnx.ModelProto, *,
             for anchor, magnitude in _original_magnitudes(original, checks, failing, reference, feeds).items():
                 value, own = computed[anchor]
                 results[anchor] = local_check.compare(anchor, reference[anchor], value, own + magnitude)
-        # a sequence's elements are outputs of their own: name[i]
-        leaves = list(feeding.leaves((n, reference[n], a) for n, a in zip(names, actual)))
-        outputs = [compare(n, r, a, None, rtol, atol) for n, r, a in leaves]
-        tolerance = "rounding" if rtol is None and atol is None else f"rtol {rtol or 0:g}, atol {atol or 0:g}"
-        if tolerance == "rounding" and not all(o.passed for o in outputs):
-            noise = _run_noise(original, source, feeds, names, seed)
-            moved = {n: m for n, _, m in feeding.leaves((n, reference[n], noise[n]) for n in names)}
-            outputs, tolerance = [compare(n, r, a, moved.get(n)) for n, r, a in leaves], "noise floor"
+        outputs, tolerance = _check_outputs(names, reference, actual, rtol, atol,
+                                            lambda: _run_noise(original, source, feeds, names, seed))
     skipped = skipped or why or (None if local else "not asked for")
     for anchor, result in results.items():
         if not result.passed:
@@ -300,6 +295,20 @@ def verify(original: onnx.ModelProto, optimized: onnx.ModelProto, *,
     passed = all(c.passed for c in outputs) and all(c.passed for c in locals_)
     return Verification(passed, tuple(outputs), _shapes(feeds), time.perf_counter() - start, locals_,
                         tolerance, skipped)
+
+
+def _check_outputs(names, reference, actual, rtol, atol, noise_run) -> tuple[list[OutputCheck], str]:
+    """Each output within its own rounding, else (the noise run made only then) within the noise
+    floor; or within rtol/atol when given. A sequence's elements are outputs of their own: name[i]."""
+    leaves = list(feeding.leaves((n, reference[n], a) for n, a in zip(names, actual)))
+    outputs = [compare(n, r, a, None, rtol, atol) for n, r, a in leaves]
+    if rtol is not None or atol is not None:
+        return outputs, f"rtol {rtol or 0:g}, atol {atol or 0:g}"
+    if all(o.passed for o in outputs):
+        return outputs, "rounding"
+    noise = noise_run()
+    moved = {n: m for n, _, m in feeding.leaves((n, reference[n], noise[n]) for n in names)}
+    return [compare(n, r, a, moved.get(n)) for n, r, a in leaves], "noise floor"
 
 
 #: Dynamic dims at the second size: batch 2, then odd sizes (a pad or stride that lines up only for
@@ -312,7 +321,7 @@ def second_size(model: onnx.ModelProto) -> dict[str, tuple[int, ...]] | None:
     """Shapes for a second verification of a model with dynamic input dims (None: all static)."""
     weights = {t.name for t in model.graph.initializer}
     named: dict[str, int] = {}
-    batch: set[str] = set()
+    odd = itertools.cycle(SECOND_DIMS)
     shapes, dynamic = {}, False
     for value in model.graph.input:
         if value.name in weights or not value.type.HasField("tensor_type"):
@@ -325,10 +334,7 @@ def second_size(model: onnx.ModelProto) -> dict[str, tuple[int, ...]] | None:
             dynamic = True
             key = dim.dim_param or f"{value.name}:{axis}"
             if key not in named:
-                spatial = sum(1 for k in named if k not in batch)
-                named[key] = SECOND_BATCH if axis == 0 else SECOND_DIMS[spatial % len(SECOND_DIMS)]
-                if axis == 0:
-                    batch.add(key)
+                named[key] = SECOND_BATCH if axis == 0 else next(odd)
             dims.append(named[key])
         shapes[value.name] = tuple(dims)
     return shapes if dynamic else None
