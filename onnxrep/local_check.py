@@ -99,7 +99,6 @@ class Plan:
     reads: list[str] = field(default_factory=list)  # anchors the changed nodes read
     writes: list[str] = field(default_factory=list)  # anchors the changed nodes write
     folded: list[str] = field(default_factory=list)  # computed in the original, a constant now
-    removed: list[onnx.NodeProto] = field(default_factory=list)  # original nodes the rewrites replaced
 
     @property
     def needed(self) -> list[str]:
@@ -113,15 +112,13 @@ def plan(original: onnx.ModelProto, optimized: onnx.ModelProto) -> Plan:
     computed = {o for n in old_graph.node for o in n.output if o}
     inputs = {i.name for i in old_graph.input} - {t.name for t in old_graph.initializer}
     anchors = computed | inputs
-    old_nodes = {tuple(n.output): (k, n) for k, n in enumerate(old_graph.node)}
+    old_nodes = {tuple(n.output): n for n in old_graph.node}
     old_weights = {t.name: t for t in old_graph.initializer}
     new_weights = {t.name: t for t in new_graph.initializer}
     result = Plan()
-    kept = set()
     for node in new_graph.node:
-        index, old = old_nodes.get(tuple(node.output), (None, None))
+        old = old_nodes.get(tuple(node.output))
         if old is not None and _same_node(old, node, old_weights, new_weights):
-            kept.add(index)
             continue
         if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
             continue  # If, Loop, Scan: their bodies read outer tensors by name; checked end to end only
@@ -131,7 +128,6 @@ def plan(original: onnx.ModelProto, optimized: onnx.ModelProto) -> Plan:
     read_now = {i for n in new_graph.node for i in n.input} | {o.name for o in new_graph.output}
     result.folded = [name for name in new_weights if name in computed and name in read_now]
     result.reads = [r for r in dict.fromkeys(result.reads) if r in computed]
-    result.removed = [n for k, n in enumerate(old_graph.node) if k not in kept]
     return result
 
 
