@@ -28,7 +28,7 @@ A failing anchor names the rewrite that wrote it: rollback needs no bisection.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -170,18 +170,19 @@ def _same_tensor(old: TensorProto | None, new: TensorProto) -> bool:
 
 @contextmanager
 def augmented(optimized: onnx.ModelProto, checks: Plan, reference: dict[str, np.ndarray]
-              ) -> Iterator[tuple[dict[str, np.ndarray], list[tuple[str, str, str]]]]:
+              ) -> Iterator[tuple[Callable[[dict], dict], list[tuple[str, str, str]]]]:
     """The optimized model with the changed nodes' local copies and their magnitude twins added, for
-    the duration of the ``with`` (no copy of the weights). Yields the extra feeds and, for every anchor
+    the duration of the ``with`` (no copy of the weights). Yields what makes the extra feeds from the
+    original's values (at any input size: the new inputs' dims are left open) and, for every anchor
     to check, ``(anchor, local output, magnitude output)``."""
     weights = {t.name: t for t in optimized.graph.initializer}
     copies, magnitudes = _local(checks.changed, checks.reads, weights, reference)
     compared = [(name, name + _LOCAL, magnitudes.of(name + _LOCAL))
                 for name in checks.writes if isinstance(reference.get(name), np.ndarray)]
-    feeds, inputs = copies.feeds(reference)
+    _, inputs = copies.feeds(reference)
     outputs = [o for c in compared for o in c[1:]]
     with _added(optimized, copies.nodes + magnitudes.nodes, magnitudes.initializers, inputs, outputs):
-        yield feeds, compared
+        yield lambda values: copies.feeds(values)[0], compared
 
 
 def original_magnitudes(original: onnx.ModelProto, checks: Plan, anchors: list[str],
@@ -288,8 +289,8 @@ class _Copies:
     def feeds(self, reference: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list]:
         """The reference values the copies read, and the graph inputs that take them."""
         feeds = {name + _REF: reference[name] for name in self.fed}
-        inputs = [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(value.dtype), value.shape)
-                  for name, value in feeds.items()]
+        inputs = [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(value.dtype),
+                                                [None] * value.ndim) for name, value in feeds.items()]
         return feeds, inputs
 
 

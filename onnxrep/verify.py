@@ -16,9 +16,10 @@ optimizations disabled (its Conv+BN fusion would otherwise hide our mistakes):
   ``rtol``/``atol`` override both with ``|opt − ref| ≤ atol · max|ref| + rtol · |ref|``.
 
 Integer and bool outputs must be equal (unless the noise run changes them too).
-Each model runs once (the original with the tensors the local checks need
-exposed, the optimized model with the local copies added); the noise run and
-the original's magnitudes run only when a check needs them (see :func:`verify`).
+Each model is loaded once (the original with the tensors the local checks need
+exposed, the optimized model with the local copies added) and run once per input
+size; the noise run and the original's magnitudes run only when a check needs
+them (see :func:`verify`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import itertools
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -267,34 +268,105 @@ def verify(original: onnx.ModelProto, optimized: onnx.ModelProto, *,
     the rewritten layer's magnitudes alone; the noise run only when an output
     differs by more than its own rounding.
     """
+    with _Sessions(original, optimized, local) as sessions:
+        return _verify_once(sessions, input_shapes or {}, feeds, rtol, atol, seed)
+
+
+def _verify_once(sessions: _Sessions, input_shapes, given, rtol, atol, seed) -> Verification:
+    """One input size, on sessions made once for every size."""
     start = time.perf_counter()
-    checks = local_check.plan(original, optimized) if local else local_check.Plan()
-    with tempfile.TemporaryDirectory(prefix="onnxrep-verify-") as tmp_dir, ExitStack() as sources:
-        names, feeds, reference, skipped, source = _run_original(original, checks, input_shapes or {}, seed,
-                                                                 feeds, tmp_dir, sources)
-        try:
-            actual, computed, why = _run_optimized(optimized, checks, reference, feeds, names, tmp_dir)
-        except _OptimizedFailed as error:
-            failed = tuple(OutputCheck(n, float("inf"), 0.0, 0.0, False) for n in names)
-            return Verification(False, failed, _shapes(feeds), time.perf_counter() - start,
-                                local_skipped=f"the optimized model does not run: {error}")
-        results = {a: local_check.compare(a, reference[a], value, magnitude)
-                   for a, (value, magnitude) in computed.items()}
-        failing = [a for a, c in results.items() if not c.passed and c.max_abs_error < float("inf")]
-        if failing:  # the original's own rounding may be larger: its branches can cancel in the merge
-            for anchor, magnitude in _original_magnitudes(original, checks, failing, reference, feeds).items():
-                value, own = computed[anchor]
-                results[anchor] = local_check.compare(anchor, reference[anchor], value, own + magnitude)
-        outputs, tolerance = _check_outputs(names, reference, actual, rtol, atol,
-                                            lambda: _run_noise(original, source, feeds, names, seed))
-    skipped = skipped or why or (None if local else "not asked for")
+    original, optimized, checks = sessions.original_model, sessions.optimized_model, sessions.checks
+    names, feeds, reference = _run_original(sessions, input_shapes, seed, given)
+    try:
+        actual, computed = _run_optimized(sessions, reference, feeds, names)
+    except _OptimizedFailed as error:
+        failed = tuple(OutputCheck(n, float("inf"), 0.0, 0.0, False) for n in names)
+        return Verification(False, failed, _shapes(feeds), time.perf_counter() - start,
+                            local_skipped=f"the optimized model does not run: {error}")
+    results = {a: local_check.compare(a, reference[a], value, magnitude)
+               for a, (value, magnitude) in computed.items()}
+    failing = [a for a, c in results.items() if not c.passed and c.max_abs_error < float("inf")]
+    if failing:  # the original's own rounding may be larger: its branches can cancel in the merge
+        for anchor, magnitude in _original_magnitudes(original, checks, failing, reference, feeds).items():
+            value, own = computed[anchor]
+            results[anchor] = local_check.compare(anchor, reference[anchor], value, own + magnitude)
+    outputs, tolerance = _check_outputs(names, reference, actual, rtol, atol,
+                                        lambda: dict(zip(names, _run(sessions.noise(seed), names, feeds))))
     for anchor, result in results.items():
         if not result.passed:
             results[anchor] = replace(result, region=local_check.region(original, checks, anchor))
     locals_ = (*results.values(), *_check_folded(optimized, checks, reference))
     passed = all(c.passed for c in outputs) and all(c.passed for c in locals_)
     return Verification(passed, tuple(outputs), _shapes(feeds), time.perf_counter() - start, locals_,
-                        tolerance, skipped)
+                        tolerance, sessions.skipped)
+
+
+class _Sessions:
+    """The onnxruntime sessions of one verification, made when first needed and run at every input
+    size: serializing a big model and loading it cost more than running it. The original (exposing
+    the tensors the local checks read), the optimized model with its local copies, the noise run."""
+
+    def __init__(self, original: onnx.ModelProto, optimized: onnx.ModelProto, local: bool):
+        self.original_model, self.optimized_model = original, optimized
+        self.checks = local_check.plan(original, optimized) if local else local_check.Plan()
+        self.skipped = None if local else "not asked for"
+        self.outputs = [o.name for o in original.graph.output]
+        self._original = self._optimized = self._noise = None
+
+    def __enter__(self) -> _Sessions:
+        self.stack = ExitStack()
+        self.tmp_dir = self.stack.enter_context(tempfile.TemporaryDirectory(prefix="onnxrep-verify-"))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._original = self._optimized = self._noise = None
+        self.stack.close()
+
+    def original(self) -> tuple[ort.InferenceSession, list[str]]:
+        """The original's session and the intermediate tensors it exposes."""
+        if self._original is None:
+            exposed = [n for n in self.checks.needed if n not in set(self.outputs)]
+            try:
+                with _exposing(self.original_model, exposed):
+                    self.source = self.stack.enter_context(_source(self.original_model, self.tmp_dir, "original"))
+                session = _session(self.source)
+            except UnsupportedModel as error:  # an intermediate onnxruntime will not expose (a sequence)
+                exposed = []
+                self.skipped = f"onnxruntime cannot expose the original's intermediate tensors ({error})"
+                self.source = self.stack.enter_context(_source(self.original_model, self.tmp_dir, "plain"))
+                session = _session(self.source)
+            self._original = (session, exposed)
+        return self._original
+
+    def optimized(self, reference: dict) -> tuple[ort.InferenceSession, Callable, list]:
+        """The optimized model's session with the local copies, what makes their feeds from the
+        original's values, and the anchors they check (none when the copies would not load)."""
+        if self._optimized is None:
+            try:
+                with local_check.augmented(self.optimized_model, self.checks, reference) as (feeds, compared), \
+                        _source(self.optimized_model, self.tmp_dir, "optimized") as source:
+                    self._optimized = (_session(source), feeds, compared)
+            except UnsupportedModel as error:
+                self.skipped = f"the local copies would not load ({error})"
+                try:
+                    with _source(self.optimized_model, self.tmp_dir, "optimized") as source:
+                        self._optimized = (_session(source), lambda values: {}, [])
+                except Exception as failure:
+                    raise _OptimizedFailed(_first_line(failure)) from None
+        return self._optimized
+
+    def noise(self, seed: int) -> ort.InferenceSession:
+        """The original with every layer's weights perturbed by about one rounding."""
+        import onnxruntime as ort
+
+        if self._noise is None:
+            options = _options()
+            self.perturbed = {name: ort.OrtValue.ortvalue_from_numpy(array)
+                              for name, array in perturbed_weights(self.original_model, seed).items()}
+            for name, value in self.perturbed.items():
+                options.add_initializer(name, value)
+            self._noise = _session(self.source, options)
+        return self._noise
 
 
 def _check_outputs(names, reference, actual, rtol, atol, noise_run) -> tuple[list[OutputCheck], str]:
@@ -341,17 +413,21 @@ def second_size(model: onnx.ModelProto) -> dict[str, tuple[int, ...]] | None:
 
 
 def verify_sizes(original: onnx.ModelProto, optimized: onnx.ModelProto, *,
-                 input_shapes: dict[str, tuple[int, ...]] | None = None, **options) -> Verification:
+                 input_shapes: dict[str, tuple[int, ...]] | None = None,
+                 rtol: float | None = None, atol: float | None = None, seed: int = 0,
+                 local: bool = True, feeds: feeding.Inputs | None = None) -> Verification:
     """:func:`verify` at the given (or default) input shapes and, for a model with dynamic dims and no
-    shapes or inputs given, again at :func:`second_size` where the original runs there."""
-    first = verify(original, optimized, input_shapes=input_shapes, **options)
-    shapes = None if input_shapes or options.get("feeds") is not None else second_size(original)
-    if shapes is None:
-        return first
-    try:
-        second = verify(original, optimized, input_shapes=shapes, **options)
-    except UnsupportedModel as error:  # the original itself does not run there (a size it rejects)
-        return replace(first, other_sizes_skipped=f"{_describe(shapes)}: {error}")
+    shapes or inputs given, again at :func:`second_size` where the original runs there; one set of
+    sessions serves both sizes."""
+    shapes = None if input_shapes or feeds is not None else second_size(original)
+    with _Sessions(original, optimized, local) as sessions:
+        first = _verify_once(sessions, input_shapes or {}, feeds, rtol, atol, seed)
+        if shapes is None:
+            return first
+        try:
+            second = _verify_once(sessions, shapes, None, rtol, atol, seed)
+        except UnsupportedModel as error:  # the original itself does not run there (a size it rejects)
+            return replace(first, other_sizes_skipped=f"{_describe(shapes)}: {error}")
     return replace(first, passed=first.passed and second.passed, outputs=first.outputs + second.outputs,
                    local=first.local + second.local, seconds=first.seconds + second.seconds,
                    tolerance=second.tolerance if second.tolerance == "noise floor" else first.tolerance,
@@ -362,27 +438,17 @@ def _describe(shapes: dict[str, tuple[int, ...]]) -> str:
     return ", ".join(f"{k}={'x'.join(map(str, s))}" for k, s in shapes.items())
 
 
-def _run_original(original, checks, input_shapes, seed, given, tmp_dir, sources: ExitStack):
-    """The original's outputs and the tensors the local checks need, on the seeded inputs; and what
-    its session was made from (the noise run reuses it)."""
-    outputs = [o.name for o in original.graph.output]
-    exposed = [n for n in checks.needed if n not in set(outputs)]
-    skipped = None
-    try:
-        with _exposing(original, exposed):
-            source = sources.enter_context(_source(original, tmp_dir, "original"))
-        session = _session(source)
-    except UnsupportedModel as error:  # an intermediate onnxruntime will not expose (a sequence, say)
-        exposed, skipped = [], f"onnxruntime cannot expose the original's intermediate tensors ({error})"
-        source = sources.enter_context(_source(original, tmp_dir, "plain"))
-        session = _session(source)
+def _run_original(sessions: _Sessions, input_shapes, seed, given):
+    """The original's outputs and the tensors the local checks need, on the inputs."""
+    session, exposed = sessions.original()
     feeds = feeding.inputs_for(session, given, input_shapes, seed)
+    outputs = sessions.outputs
     try:
         values = _run(session, outputs + exposed, feeds)
     except Exception as error:
         raise UnsupportedModel(f"onnxruntime cannot run the original model on inputs "
                                f"{_shapes(feeds)}: {_first_line(error)} {feeding.hint(session, given)}") from None
-    return outputs, feeds, dict(zip(outputs + exposed, values)), skipped, source
+    return outputs, feeds, dict(zip(outputs + exposed, values))
 
 
 def _original_magnitudes(original, checks, anchors, reference, feeds) -> dict[str, np.ndarray]:
@@ -398,44 +464,22 @@ def _original_magnitudes(original, checks, anchors, reference, feeds) -> dict[st
     return {anchor: values[name] for anchor, name in names.items()}
 
 
-def _run_noise(original, source, feeds, names, seed) -> dict[str, np.ndarray]:
-    """The original's outputs with every layer's weights perturbed by about one rounding."""
-    import onnxruntime as ort
-
-    weights = perturbed_weights(original, seed)
-    options = _options()
-    values = {name: ort.OrtValue.ortvalue_from_numpy(array) for name, array in weights.items()}
-    for name, value in values.items():
-        options.add_initializer(name, value)
-    session = _session(source, options)
-    return dict(zip(names, _run(session, names, feeds)))
-
-
 class _OptimizedFailed(Exception):
     """The optimized model does not load or run where the original does: a failed verification."""
 
 
-def _run_optimized(optimized, checks, reference, feeds, names, tmp_dir):
+def _run_optimized(sessions: _Sessions, reference, feeds, names):
     """The optimized model's outputs, and each rewritten tensor's local value and magnitude."""
-    try:
-        with local_check.augmented(optimized, checks, reference) as (extra, compared), \
-                _source(optimized, tmp_dir, "optimized") as source:
-            session = _session(source)
-    except UnsupportedModel as error:
-        try:
-            with _source(optimized, tmp_dir, "optimized") as source:
-                session = _session(source)
-            return _run(session, names, feeds), {}, f"the local copies would not load ({error})"
-        except Exception as failure:
-            raise _OptimizedFailed(_first_line(failure)) from None
+    session, local_feeds, compared = sessions.optimized(reference)
+    compared = [c for c in compared if isinstance(reference.get(c[0]), np.ndarray)]
     extra_names = [o for c in compared for o in c[1:]]
     try:
-        values = _run(session, names + extra_names, {**feeds, **extra})
+        values = _run(session, names + extra_names, {**feeds, **local_feeds(reference)})
     except Exception as error:
         raise _OptimizedFailed(_first_line(error)) from None
     local_values = dict(zip(extra_names, values[len(names):]))
     computed = {anchor: (local_values[out], local_values[mag]) for anchor, out, mag in compared}
-    return values[:len(names)], computed, None
+    return values[:len(names)], computed
 
 
 def _check_folded(optimized: onnx.ModelProto, checks, reference) -> list[LocalCheck]:
