@@ -470,8 +470,7 @@ class _OptimizedFailed(Exception):
 
 def _run_optimized(sessions: _Sessions, reference, feeds, names):
     """The optimized model's outputs, and each rewritten tensor's local value and magnitude."""
-    session, local_feeds, compared = sessions.optimized(reference)
-    compared = [c for c in compared if isinstance(reference.get(c[0]), np.ndarray)]
+    session, local_feeds, compared = sessions.optimized(reference)  # anchors with array values only
     extra_names = [o for c in compared for o in c[1:]]
     try:
         values = _run(session, names + extra_names, {**feeds, **local_feeds(reference)})
