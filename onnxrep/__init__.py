@@ -13,7 +13,7 @@ def __getattr__(name: str):
 
         return optimize
     if name == "Report":
-        from onnxrep.report import Report
+        from onnxrep.report.report import Report
 
         return Report
     raise AttributeError(f"module 'onnxrep' has no attribute {name!r}")

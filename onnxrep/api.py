@@ -10,15 +10,16 @@ from typing import TYPE_CHECKING
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxrep import engine, io
 from onnxrep.errors import VerificationFailed
-from onnxrep.feeds import Inputs
-from onnxrep.report import ModelStats, Report
+from onnxrep.io import files as io
+from onnxrep.report.report import ModelStats, Report
+from onnxrep.rewrite import engine
 from onnxrep.rules import DEFAULT_RULES, RULES_BY_NAME, Finding, Rule
+from onnxrep.verify.feeds import Inputs
 
 if TYPE_CHECKING:
-    from onnxrep.local_check import LocalCheck
-    from onnxrep.verify import Verification
+    from onnxrep.verify.check import Verification
+    from onnxrep.verify.local import LocalCheck
 
 #: At most this many rounds of rollback (each a rewrite and a verification) before a run gives up.
 #: A round rolls back every rewrite whose local check failed, or, when the local checks all pass
@@ -105,7 +106,7 @@ def optimize(model: onnx.ModelProto | gs.Graph | str | os.PathLike, *,
         if path is not None:
             model = io.load_model(path)
 
-        from onnxrep.verify import verify_sizes  # onnxruntime is loaded only to verify
+        from onnxrep.verify.check import verify_sizes  # onnxruntime is loaded only to verify
 
         def check_model(candidate: onnx.ModelProto) -> Verification:
             return verify_sizes(model, candidate, input_shapes=input_shapes, rtol=rtol, atol=atol, seed=seed,

@@ -16,11 +16,13 @@ from typing import TYPE_CHECKING
 
 import click
 
-from onnxrep import __version__, inputs, terminal
+from onnxrep import __version__
 from onnxrep.errors import EXIT_CODES, OnnxrepError, OutputError, UnsupportedModel
+from onnxrep.io import header as inputs
+from onnxrep.report import terminal
 
 if TYPE_CHECKING:
-    from onnxrep.report import Report
+    from onnxrep.report.report import Report
 
 # onnx, onnxruntime and the rules are imported by the commands that use them: `--help` takes 0.1 s, not 1 s.
 
@@ -120,8 +122,8 @@ def run_job(job: Job) -> Outcome:
 
 
 def _run_job(job: Job, progress) -> Outcome:
-    from onnxrep import io
     from onnxrep.api import optimize, select_rules
+    from onnxrep.io import files as io
 
     tolerances = {k: v for k, v in (("rtol", job.rtol), ("atol", job.atol)) if v is not None}
     try:
@@ -153,7 +155,7 @@ def _check_json_path(json_path, inputs, outputs=(), option="--json") -> None:
     """Before any work: --json FILE must be writable, and neither an input (it would be overwritten) nor OUT."""
     if not json_path:
         return
-    from onnxrep import io
+    from onnxrep.io import files as io
 
     try:
         taken = [p for p in (*inputs, *outputs) if io.same_path(json_path, p)]
@@ -168,7 +170,7 @@ def _check_json_path(json_path, inputs, outputs=(), option="--json") -> None:
 def _batch_pairs(paths: tuple[str, ...], output_dir: Path, recursive: bool) -> list[tuple[Path, Path]]:
     """(input, output) per file: a file given goes to OUTDIR/its name, a file found in a directory D to
     OUTDIR/its path below D. Two inputs that would be written to one output are a usage error."""
-    from onnxrep import io
+    from onnxrep.io import files as io
 
     pairs, taken = [], {}
     for path in map(Path, paths):
@@ -265,7 +267,7 @@ def _run_single(input_path, output_path, options, json_path, html_path, quiet, v
         with open(json_path, "w") as f:
             json.dump(outcome.report.to_dict(), f, indent=2)
     if html_path:
-        from onnxrep import io
+        from onnxrep.io import files as io
 
         _write_html(html_path, input_path, io.load_model(output_path), outcome.report)
     if not quiet:
@@ -333,7 +335,7 @@ def _print_summary(outcomes: list[Outcome], output_dir: Path, quiet: bool) -> No
 def inspect_command(input_path, only, skip, json_path, html_path, verbose) -> None:
     """List what would be re-parameterized in IN, and what would not and why. Writes nothing."""
     from onnxrep.api import optimize, select_rules
-    from onnxrep.report import refusal_lines
+    from onnxrep.report.report import refusal_lines
 
     try:
         rules = select_rules(only, skip)
@@ -367,7 +369,8 @@ def inspect_command(input_path, only, skip, json_path, html_path, verbose) -> No
 
 
 def _write_html(path: str, input_path: str, optimized, report) -> None:
-    from onnxrep import html, io
+    from onnxrep.io import files as io
+    from onnxrep.report import html
 
     page = html.render(io.load_model(input_path), optimized, report, os.path.basename(input_path))
     try:

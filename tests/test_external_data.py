@@ -19,7 +19,8 @@ from onnx import external_data_helper, numpy_helper
 from test_cli import onnxrep_cmd
 from test_hostile import one_error_line, small_model, snapshot, with_external_data
 
-from onnxrep import cli, io
+from onnxrep import cli
+from onnxrep.io import files as io
 
 MERGED = {"Conv": 1, "Relu": 1}
 

@@ -24,7 +24,8 @@ from helpers import histogram, random_feeds, run
 from onnx import helper, numpy_helper
 from test_cli import SAMPLE, _bad_inputs, onnxrep_cmd
 
-from onnxrep import cli, io
+from onnxrep import cli
+from onnxrep.io import files as io
 from onnxrep.testing import GraphBuilder
 
 

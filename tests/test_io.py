@@ -8,7 +8,7 @@ from helpers import run
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxrep
-from onnxrep import io
+from onnxrep.io import files as io
 from onnxrep.testing import GraphBuilder
 
 

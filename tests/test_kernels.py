@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from reference import conv
 
-from onnxrep import kernels, spec
-from onnxrep.spec import ConvSpec, Refusal
+from onnxrep.algebra import kernels, spec
+from onnxrep.algebra.spec import ConvSpec, Refusal
 
 rng = np.random.default_rng(0)
 

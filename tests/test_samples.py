@@ -10,7 +10,7 @@ import pytest
 from helpers import histogram, random_feeds, run
 
 import onnxrep
-from onnxrep.verify import verify
+from onnxrep.verify.check import verify
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 SAMPLES = sorted(p.name.removesuffix(".train.onnx") for p in MODELS.glob("*.train.onnx"))

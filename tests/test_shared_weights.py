@@ -14,7 +14,7 @@ from helpers import optimize_and_check, reasons
 from onnx import numpy_helper
 
 from onnxrep.api import select_rules
-from onnxrep.graph import SHARED_COPY_FRACTION
+from onnxrep.ir.graph import SHARED_COPY_FRACTION
 from onnxrep.testing import GraphBuilder
 
 C, K = 16, 10

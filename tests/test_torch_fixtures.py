@@ -17,7 +17,7 @@ import pytest
 from helpers import histogram, run
 
 import onnxrep
-from onnxrep.verify import verify
+from onnxrep.verify.check import verify
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "torch"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())

@@ -20,9 +20,11 @@ from deep_stack import mobileone_stack
 from helpers import altered_rule, histogram, random_feeds, run
 
 import onnxrep
-from onnxrep import affine, api, local_check
+from onnxrep import api
+from onnxrep.ir import affine
 from onnxrep.rules import RULES_BY_NAME
-from onnxrep.verify import perturbed_weights, verify
+from onnxrep.verify import local as local_check
+from onnxrep.verify.check import perturbed_weights, verify
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 FOLD = RULES_BY_NAME["fold_conv_affine"]
@@ -57,7 +59,7 @@ def test_noise_floor_accepts_the_deploy_twin_and_rejects_a_wrong_one(stack, monk
     """Forced onto the noise floor (no allowance for the outputs' own rounding): the exact deploy
     twin passes; the same twin with its last layer off by 10% does not. (An early layer off by 1%
     may not show at all at the output of this stack: that is what the local checks are for.)"""
-    from onnxrep import verify as verification
+    from onnxrep.verify import check as verification
 
     monkeypatch.setattr(verification, "OUTPUT_ROUNDING", 0.0)
     train, deploy = stack
@@ -102,7 +104,7 @@ def _zero_one_group(spec, _):
 
 def _transpose_asymmetric(spec, branches):
     """Re-merge with every 1x3/3x1 branch embedded transposed (kh↔kw, pads swapped)."""
-    from onnxrep import spec as specs
+    from onnxrep.algebra import spec as specs
 
     def transposed(s):
         if s.kernel_shape[0] == s.kernel_shape[1]:
@@ -262,7 +264,7 @@ def _cancelling_branches() -> onnx.ModelProto:
 def test_cancelling_branches_are_checked_against_the_originals_own_magnitudes(monkeypatch):
     """Stage 2: the merged layer's magnitudes alone are too small to bound the original's rounding
     of terms that cancel; the original's magnitudes are computed and the exact merge is kept."""
-    from onnxrep import verify as verification
+    from onnxrep.verify import check as verification
 
     model = _cancelling_branches()
     optimized, report = onnxrep.optimize(model)

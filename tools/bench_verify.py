@@ -27,8 +27,8 @@ import onnx
 import onnxruntime as ort
 
 import onnxrep
-from onnxrep.feeds import make_inputs
-from onnxrep.verify import second_size, verify_sizes
+from onnxrep.verify.check import second_size, verify_sizes
+from onnxrep.verify.feeds import make_inputs
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))

@@ -18,7 +18,7 @@ from typing import Any
 
 import onnx_graphsurgeon as gs
 
-from onnxrep.graph import Context
+from onnxrep.ir.graph import Context
 
 
 @dataclass(frozen=True)

@@ -43,10 +43,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxrep import lift, lower
-from onnxrep.graph import WHOLE_END, Context, constant_value, is_op, producer, selects_all
+from onnxrep.algebra.spec import Refusal
+from onnxrep.ir import lift, lower
+from onnxrep.ir.graph import WHOLE_END, Context, constant_value, is_op, producer, selects_all
 from onnxrep.rules import Finding, Rule
-from onnxrep.spec import Refusal
 
 NAME = "fold_bias_pad"
 

@@ -47,9 +47,9 @@ import onnx_graphsurgeon as gs
 from onnx.reference import ReferenceEvaluator
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
-from onnxrep.graph import Context, is_op, producer
+from onnxrep.algebra.spec import Refusal
+from onnxrep.ir.graph import Context, is_op, producer
 from onnxrep.rules import NodeMatch, Rule
-from onnxrep.spec import Refusal
 
 NAME = "fold_constants"
 #: Ops whose results are copies, selections or comparisons of their inputs: exact for any dtype.

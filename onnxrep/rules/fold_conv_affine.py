@@ -28,11 +28,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-from onnxrep import kernels, lower
-from onnxrep.graph import Context, is_op, producer
-from onnxrep.lift import AFFINE_OPS, Hint, Lifted, lift
+from onnxrep.algebra import kernels
+from onnxrep.algebra.spec import Refusal
+from onnxrep.ir import lower
+from onnxrep.ir.graph import Context, is_op, producer
+from onnxrep.ir.lift import AFFINE_OPS, Hint, Lifted, lift
 from onnxrep.rules import Finding, Rule
-from onnxrep.spec import Refusal
 
 NAME = "fold_conv_affine"
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-from onnxrep import lift, lower
-from onnxrep.graph import Context, is_op, producer
+from onnxrep.algebra.spec import Refusal
+from onnxrep.ir import lift, lower
+from onnxrep.ir.graph import Context, is_op, producer
 from onnxrep.rules import Finding, PairMatch, Rule
-from onnxrep.spec import Refusal
 
 NAME = "fold_pad_conv"
 

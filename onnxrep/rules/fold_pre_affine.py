@@ -29,12 +29,13 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxrep import lower, spec
-from onnxrep.affine import SHAPE_OPS, moved_axis
-from onnxrep.graph import Context, is_op
-from onnxrep.lift import AFFINE_OPS, LINEAR_OPS, Hint, Layout, Lifted, lift
+from onnxrep.algebra import spec
+from onnxrep.algebra.spec import ConvSpec, Refusal
+from onnxrep.ir import lower
+from onnxrep.ir.affine import SHAPE_OPS, moved_axis
+from onnxrep.ir.graph import Context, is_op
+from onnxrep.ir.lift import AFFINE_OPS, LINEAR_OPS, Hint, Layout, Lifted, lift
 from onnxrep.rules import Finding, Rule
-from onnxrep.spec import ConvSpec, Refusal
 
 NAME = "fold_pre_affine"
 

@@ -30,12 +30,13 @@ from dataclasses import dataclass, replace
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxrep import kernels, lower
-from onnxrep.affine import SHAPE_OPS, Affine, affine, moved_axis
-from onnxrep.graph import Context, constant_value, is_op, producer
-from onnxrep.lift import AFFINE_OPS, Hint, Layout, Lifted, lift
+from onnxrep.algebra import kernels
+from onnxrep.algebra.spec import Refusal
+from onnxrep.ir import lower
+from onnxrep.ir.affine import SHAPE_OPS, Affine, affine, moved_axis
+from onnxrep.ir.graph import Context, constant_value, is_op, producer
+from onnxrep.ir.lift import AFFINE_OPS, Hint, Layout, Lifted, lift
 from onnxrep.rules import Finding, Rule
-from onnxrep.spec import Refusal
 
 NAME = "fold_reshaped_affine"
 

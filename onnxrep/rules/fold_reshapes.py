@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxrep.graph import Context, is_op, producer
+from onnxrep.ir.graph import Context, is_op, producer
 from onnxrep.rules import Rule
 
 NAME = "fold_reshapes"

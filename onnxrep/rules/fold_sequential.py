@@ -25,11 +25,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onnxrep import lower, spec
-from onnxrep.graph import Context, is_op, producer
-from onnxrep.lift import AFFINE_OPS, LINEAR_OPS, Hint, Lifted, lift
+from onnxrep.algebra import spec
+from onnxrep.algebra.spec import ConvSpec, Refusal
+from onnxrep.ir import lower
+from onnxrep.ir.graph import Context, is_op, producer
+from onnxrep.ir.lift import AFFINE_OPS, LINEAR_OPS, Hint, Lifted, lift
 from onnxrep.rules import Finding, PairMatch, Rule
-from onnxrep.spec import ConvSpec, Refusal
 
 NAME = "fold_sequential"
 OPS = (*LINEAR_OPS, "AveragePool")

@@ -26,9 +26,9 @@ from collections.abc import Iterator
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxrep.graph import Context, is_op, producer, selects_all
+from onnxrep.algebra.spec import Refusal
+from onnxrep.ir.graph import Context, is_op, producer, selects_all
 from onnxrep.rules import NodeMatch, Rule
-from onnxrep.spec import Refusal
 
 NAME = "fold_whole_write"
 

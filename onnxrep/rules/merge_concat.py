@@ -23,11 +23,12 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxrep import lower, spec
-from onnxrep.branches import Branch, layouts, lift_branch
-from onnxrep.graph import Context, is_op
+from onnxrep.algebra import spec
+from onnxrep.algebra.spec import ConvSpec, Refusal
+from onnxrep.ir import lower
+from onnxrep.ir.branches import Branch, layouts, lift_branch
+from onnxrep.ir.graph import Context, is_op
 from onnxrep.rules import Finding, Rule
-from onnxrep.spec import ConvSpec, Refusal
 
 NAME = "merge_concat"
 

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 import onnx_graphsurgeon as gs
 
 # api.py reads the model conversion through this module.
-from onnxrep.convert import export, load_weights, overridable_initializers, release, skeleton  # noqa: F401
-from onnxrep.graph import Context, is_op, nbytes, producer
-from onnxrep.report import Report
+from onnxrep.ir.convert import export, load_weights, overridable_initializers, release, skeleton  # noqa: F401
+from onnxrep.ir.graph import Context, is_op, nbytes, producer
+from onnxrep.report.report import Report
 from onnxrep.rules import Finding, Rule
 
 MAX_SWEEPS = 50

@@ -13,7 +13,7 @@ import onnx
 from onnxrep.rules import Finding
 
 if TYPE_CHECKING:
-    from onnxrep.verify import Verification
+    from onnxrep.verify.check import Verification
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,10 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxrep import kernels
-from onnxrep.affine import Layout
-from onnxrep.graph import Context
-from onnxrep.spec import ConvSpec
+from onnxrep.algebra import kernels
+from onnxrep.algebra.spec import ConvSpec
+from onnxrep.ir.affine import Layout
+from onnxrep.ir.graph import Context
 
 
 def emit(ctx: Context, name: str, source: gs.Tensor, spec: ConvSpec, layout: Layout, output: gs.Tensor,

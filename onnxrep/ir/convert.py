@@ -10,7 +10,8 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
-from onnxrep import io, types
+from onnxrep.io import files as io
+from onnxrep.ir import nontensor as types
 
 
 def overridable_initializers(model: onnx.ModelProto) -> frozenset[str]:

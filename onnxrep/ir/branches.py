@@ -13,10 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxrep import lift, spec
-from onnxrep.graph import Context, constant_value, is_op, producer
-from onnxrep.lift import Hint, Layout
-from onnxrep.spec import ConvSpec, Refusal
+from onnxrep.algebra import spec
+from onnxrep.algebra.spec import ConvSpec, Refusal
+from onnxrep.ir import lift
+from onnxrep.ir.graph import Context, constant_value, is_op, producer
+from onnxrep.ir.lift import Hint, Layout
 
 
 @dataclass(frozen=True, eq=False)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from onnxrep import kernels
+from onnxrep.algebra import kernels
 
 
 @dataclass(frozen=True)

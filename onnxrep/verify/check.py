@@ -38,11 +38,11 @@ import onnx
 from onnx import numpy_helper
 from onnx.external_data_helper import load_external_data_for_model
 
-from onnxrep import feeds as feeding
-from onnxrep import local_check
 from onnxrep.errors import UnsupportedModel
-from onnxrep.io import too_big_for_protobuf
-from onnxrep.local_check import UNIT_ROUNDOFF, LocalCheck
+from onnxrep.io.files import too_big_for_protobuf
+from onnxrep.verify import feeds as feeding
+from onnxrep.verify import local as local_check
+from onnxrep.verify.local import UNIT_ROUNDOFF, LocalCheck
 
 if TYPE_CHECKING:
     import onnxruntime as ort

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxrep.spec import Refusal
+from onnxrep.algebra.spec import Refusal
 
 DEFAULT_DOMAINS = ("", "ai.onnx", None)
 

@@ -14,7 +14,7 @@ from html import escape
 
 import onnx
 
-from onnxrep.report import HOUSEKEEPING, Report, tensor_of
+from onnxrep.report.report import HOUSEKEEPING, Report, tensor_of
 
 BOX_W, BOX_H, GAP_X, GAP_Y, MAX_DRAWN = 150, 34, 18, 30, 60
 SHORT = {"BatchNormalization": "BN", "GlobalAveragePool": "GlobalAvgPool", "AveragePool": "AvgPool"}

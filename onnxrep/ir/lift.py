@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxrep import kernels, spec
-from onnxrep.affine import AFFINE_OPS, ELEMENTWISE, FLOAT_TYPES, Affine, Layout, affine
-from onnxrep.graph import DEFAULT_DOMAINS, Context, constant_value, dims, is_op, producer, sharing
-from onnxrep.spec import ConvSpec, Refusal
+from onnxrep.algebra import kernels, spec
+from onnxrep.algebra.spec import ConvSpec, Refusal
+from onnxrep.ir.affine import AFFINE_OPS, ELEMENTWISE, FLOAT_TYPES, Affine, Layout, affine
+from onnxrep.ir.graph import DEFAULT_DOMAINS, Context, constant_value, dims, is_op, producer, sharing
 
 __all__ = ["AFFINE_OPS", "ELEMENTWISE", "LINEAR_OPS", "Affine", "Hint", "Layout", "Lifted", "lift"]
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxrep import kernels
-from onnxrep.graph import Context, dims, is_op, producer
-from onnxrep.spec import Refusal
+from onnxrep.algebra import kernels
+from onnxrep.algebra.spec import Refusal
+from onnxrep.ir.graph import Context, dims, is_op, producer
 
 FLOAT_TYPES = (np.float16, np.float32, np.float64)
 ELEMENTWISE = ("Mul", "Div", "Add", "Sub", "Neg")
