@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -12,10 +13,10 @@ import onnx_graphsurgeon as gs
 
 from onnxrep.errors import VerificationFailed
 from onnxrep.io import files as io
+from onnxrep.options import Options
 from onnxrep.report.report import ModelStats, Report
 from onnxrep.rewrite import engine
 from onnxrep.rules import DEFAULT_RULES, RULES_BY_NAME, Finding, Rule
-from onnxrep.verify.feeds import Inputs
 
 if TYPE_CHECKING:
     from onnxrep.verify.check import Verification
@@ -52,15 +53,16 @@ def _rewrite(model: onnx.ModelProto, rules, allowed=None, blocked=frozenset(), *
     return engine.export(graph, original), report
 
 
-def optimize(model: onnx.ModelProto | gs.Graph | str | os.PathLike, *,
-             rules: Sequence[Rule] = DEFAULT_RULES,
-             check: bool = True,
-             input_shapes: dict[str, tuple[int, ...]] | None = None,
-             rtol: float | None = None, atol: float | None = None, seed: int = 0,
+def optimize(model: onnx.ModelProto | gs.Graph | str | os.PathLike, options: Options | None = None, *,
+             rules: Sequence[Rule] | None = None,
              progress: Callable[[str], None] | None = None,
-             inputs: Inputs | None = None,
-             ) -> tuple[onnx.ModelProto, Report]:
+             **fields) -> tuple[onnx.ModelProto, Report]:
     """Re-parameterize ``model`` (a ModelProto, a graphsurgeon Graph or a path) and verify it.
+
+    ``options`` (:class:`onnxrep.options.Options`), or its fields as keyword arguments
+    (``verify=False``, ``input_shapes={"x": (1, 3, 224, 224)}``, ``rtol=``, ``atol=``, ``seed=``,
+    ``inputs=``, ``only=``, ``skip=``), say what to do; ``rules`` replaces the rules ``only``/``skip``
+    select (a tuple of :class:`onnxrep.rules.Rule`).
 
     Verification (:mod:`onnxrep.verify`) checks every rewrite locally and the
     outputs against the model's own noise floor (``rtol``/``atol`` replace the
@@ -74,6 +76,9 @@ def optimize(model: onnx.ModelProto | gs.Graph | str | os.PathLike, *,
     ``inputs`` (input name → array, or a directory of .pb/.npy tensors) replaces the random
     verification inputs.
     """
+    options = dataclasses.replace(options or Options(), **fields)
+    if rules is None:
+        rules = select_rules(options.only, options.skip)
     step = progress or (lambda name: None)
     timings = {}
     start = time.perf_counter()
@@ -100,7 +105,7 @@ def optimize(model: onnx.ModelProto | gs.Graph | str | os.PathLike, *,
         optimized, report = _rewrite(loaded[0], rules, free_model=loaded.clear)
     timings["optimize"] = time.perf_counter() - start
 
-    if check:
+    if options.verify:
         start = time.perf_counter()
         step("verify")
         if path is not None:
@@ -109,8 +114,8 @@ def optimize(model: onnx.ModelProto | gs.Graph | str | os.PathLike, *,
         from onnxrep.verify.check import verify_sizes  # onnxruntime is loaded only to verify
 
         def check_model(candidate: onnx.ModelProto) -> Verification:
-            return verify_sizes(model, candidate, input_shapes=input_shapes, rtol=rtol, atol=atol, seed=seed,
-                                feeds=inputs)
+            return verify_sizes(model, candidate, input_shapes=options.input_shapes, tolerance=options.tolerance,
+                                seed=options.seed, feeds=options.inputs)
 
         optimized, report = _verified(model, rules, optimized, report, check_model, step)
         timings["verify"] = time.perf_counter() - start
@@ -166,7 +171,7 @@ def _failure(v: Verification) -> str:
     if worst is None:
         return "outputs differ"
     return (f"output {worst.name} differs by {worst.max_abs_error:.3g}, more than the {worst.allowed:.3g} "
-            f"allowed ({v.tolerance})")
+            f"allowed ({v.bound_text})")
 
 
 def _culprits(model, rules, applied, blocked, verification: Verification,

@@ -115,7 +115,7 @@ def test_refuses_training_mode_bn():
     y = b.node("BatchNormalization", [conv, *[b.constant(p) for p in b.bn_params(4)]], training_mode=1)
     b.output(y)
     model = b.model(opset=15)
-    optimized, report = __import__("onnxrep").optimize(model, check=False, **ONLY)
+    optimized, report = __import__("onnxrep").optimize(model, verify=False, **ONLY)
     assert histogram(optimized) == {"Conv": 1, "BatchNormalization": 1}
     assert "training mode" in reasons(report)
 

@@ -183,7 +183,7 @@ def test_refuses_training_mode_bn_branch():
     x = b.input("x", [1, C, 8, 8])
     bn = b.node("BatchNormalization", [x, *[b.constant(p) for p in b.bn_params(C)]], training_mode=1)
     b.output(b.op("Add", b.conv(x, C, 3), bn))
-    _, report = __import__("onnxrep").optimize(b.model(opset=15), check=False)
+    _, report = __import__("onnxrep").optimize(b.model(opset=15), verify=False)
     assert "training mode" in reasons(report)
 
 

@@ -18,7 +18,7 @@ FOLD = RULES_BY_NAME["fold_conv_affine"]
 
 
 def merge_outputs() -> list[str]:
-    _, report = onnxrep.optimize(SAMPLE, check=False)
+    _, report = onnxrep.optimize(SAMPLE, verify=False)
     return [out for rule, out in report.applied if rule == "merge_parallel"]
 
 

@@ -51,7 +51,7 @@ def floor_seconds(original: onnx.ModelProto, optimized: onnx.ModelProto, shapes)
 
 
 def bench(name: str, model: onnx.ModelProto, shapes, rounds: int) -> None:
-    optimized, report = onnxrep.optimize(model, check=False, input_shapes=shapes)
+    optimized, report = onnxrep.optimize(model, verify=False, input_shapes=shapes)
     floors, verifies, result = [], [], None
     for _ in range(rounds):
         floors.append(floor_seconds(model, optimized, shapes))

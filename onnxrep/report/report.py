@@ -219,7 +219,7 @@ def _verification_line(v: Verification | None) -> str:
     elif v.local_skipped:
         parts.append(f"no local checks ({v.local_skipped})")
     bound = {"noise floor": f"noise floor {v.noise_floor:.2g}", "rounding": "within rounding"}.get(
-        v.tolerance, v.tolerance)
+        v.bound_text, v.bound_text)
     parts.append(f"outputs max error {v.max_abs_error:.2g} ({bound}) over {len({o.name for o in v.outputs})} output(s)")
     failing_outputs = list(dict.fromkeys(o.name for o in v.outputs if not o.passed))
     if failing_outputs:
@@ -240,7 +240,7 @@ def _verification_dict(v: Verification | None) -> dict | None:
     if v is None:
         return None
     return {"passed": v.passed, "max_abs_error": v.max_abs_error, "noise_floor": v.noise_floor,
-            "tolerance": v.tolerance, "input_shapes": v.input_shapes, "seconds": v.seconds,
+            "tolerance": v.bound_text, "input_shapes": v.input_shapes, "seconds": v.seconds,
             "other_input_shapes": list(v.other_sizes), "other_sizes_skipped": v.other_sizes_skipped,
             "outputs": [asdict(o) for o in v.outputs],
             "local": {"checked": v.checked_tensors, "max_abs_error": v.local_max_abs_error,

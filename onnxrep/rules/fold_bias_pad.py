@@ -32,7 +32,7 @@ Conditions:
      rows and s = −p_end, e = ∞ the last p_end, for every size; each side of
      each padded axis written once. The Shape nodes then read the result.
   5. v equals b to within float rounding (the exporter computed one, the
-     BatchNormalization fold the other): |v − b| ≤ 32·ε·(1 + max|b|).
+     BatchNormalization fold the other): rounding.agree, |v − b| ≤ 64·u·(1 + max|b|).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxrep.algebra import rounding
 from onnxrep.algebra.spec import Refusal
 from onnxrep.ir import lift, lower
 from onnxrep.ir.graph import WHOLE_END, Context, constant_value, is_op, producer, selects_all
@@ -373,9 +374,8 @@ def find(ctx: Context) -> Iterator[BiasPad | Finding]:
         if isinstance(value, Refusal):
             yield Finding(NAME, where, value.reason)
             continue
-        tolerance = 32 * np.finfo(lifted.dtype).eps * (1 + np.abs(spec.bias).max(initial=0))
-        gap = np.abs(value - spec.bias).max()
-        if not gap <= tolerance:
+        same, gap = rounding.agree(value, spec.bias, lifted.dtype)
+        if not same:
             yield Finding(NAME, where, f"the border value is not the conv's bias (they differ by up to {gap:.3g})")
             continue
         yield BiasPad(conv, pad, tuple(nodes), end, lifted, pads, tuple(measured))

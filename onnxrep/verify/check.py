@@ -7,13 +7,14 @@ optimizations disabled (its Conv+BN fusion would otherwise hide our mistakes):
   changed runs on the original model's own values of its inputs and must give
   the original's value of the tensor it replaces within a rounding bound
   derived from its magnitudes. This is where an inexact rewrite shows.
-- **end to end**: every output must lie within OUTPUT_ROUNDING roundoffs of its
-  largest value or, failing that, within ``NOISE_MULTIPLE`` times the model's
+- **end to end**: every output must lie within ``rounding_factor`` roundoffs of its
+  largest value or, failing that, within ``noise_multiple`` times the model's
   own *noise floor*: how far the original's outputs move when every weight is
   perturbed by about one rounding of the layer that reads it (see
   :func:`perturbed_weights`). Deep networks amplify rounding; this measures by
   how much, on the model itself, instead of guessing a tolerance.
-  ``rtol``/``atol`` override both with ``|opt − ref| ≤ atol · max|ref| + rtol · |ref|``.
+  A :class:`~onnxrep.verify.tolerance.Tolerance` holds these numbers; its ``rtol``/``atol``
+  override both with ``|opt − ref| ≤ atol · max|ref| + rtol · |ref|``.
 
 Integer and bool outputs must be equal (unless the noise run changes them too).
 Each model is loaded once (the original with the tensors the local checks need
@@ -38,25 +39,17 @@ import onnx
 from onnx import numpy_helper
 from onnx.external_data_helper import load_external_data_for_model
 
+from onnxrep.algebra.rounding import UNIT_ROUNDOFF, unit_roundoff
 from onnxrep.errors import UnsupportedModel
 from onnxrep.io.files import too_big_for_protobuf
 from onnxrep.verify import feeds as feeding
 from onnxrep.verify import local as local_check
-from onnxrep.verify.local import UNIT_ROUNDOFF, LocalCheck
+from onnxrep.verify.local import LocalCheck
+from onnxrep.verify.tolerance import DEFAULT, Bound, Tolerance
 
 if TYPE_CHECKING:
     import onnxruntime as ort
 
-#: Outputs may differ from the original's by this many times the model's noise floor. An exact
-#: re-parameterization changes every merged layer by about one rounding (its weights rounded once,
-#: its sums in another order), which is what the noise run does to every layer at once; the two
-#: move the outputs by amounts of the same order but independent signs. Measured (2026-12-03) on
-#: the authors' deploy twins against their training graphs (35 fixtures, 30 timm exports, a
-#: 32-block MobileOne stack) the ratio stays at or below 2.0; 8 leaves a margin of 4, and a wrong
-#: rewrite the local checks miss (wiring, not rounding) errs by orders of magnitude more.
-NOISE_MULTIPLE = 8.0
-#: Whatever the noise floor, outputs may differ by this many roundoffs of their largest value.
-OUTPUT_ROUNDING = local_check.ROUNDING_FACTOR
 #: Weights perturbed for the noise floor: those read by these ops (the layers rewrites touch), and
 #: per-channel constants (2 elements or more) of these elementwise ops. Scalars are left alone: they
 #: also feed shape arithmetic, where a perturbation could change a floor() and so a shape.
@@ -82,10 +75,16 @@ class Verification:
     input_shapes: dict[str, tuple[int, ...]]
     seconds: float
     local: tuple[LocalCheck, ...] = ()  # at every size checked
-    tolerance: str = "rounding"  # outputs within their own rounding; else "noise floor", or "rtol R, atol A"
+    bound: Bound = Bound.ROUNDING  # what the outputs were held to
+    tolerance: Tolerance = DEFAULT
     local_skipped: str | None = None  # why the local checks could not run
     other_sizes: tuple[dict[str, tuple[int, ...]], ...] = ()  # input shapes also checked (dynamic dims)
     other_sizes_skipped: str | None = None  # why a second size was not checked
+
+    @property
+    def bound_text(self) -> str:
+        """"rounding", "noise floor" or "rtol R, atol A": the bound the outputs were held to."""
+        return self.tolerance.describe(self.bound)
 
     @property
     def max_abs_error(self) -> float:
@@ -160,8 +159,9 @@ def _first_line(error: Exception) -> str:
 
 
 def compare(name: str, reference: np.ndarray, actual: np.ndarray, noise: np.ndarray | None,
-            rtol: float | None = None, atol: float | None = None) -> OutputCheck:
-    """One output against the original's: within NOISE_MULTIPLE × the noise floor (or rtol/atol)."""
+            tolerance: Tolerance = DEFAULT) -> OutputCheck:
+    """One output against the original's: within its own rounding plus noise_multiple × the noise
+    floor (or the tolerance's rtol/atol)."""
     if reference.shape != actual.shape:
         return OutputCheck(name, float("inf"), 0.0, 0.0, False)
     if not np.issubdtype(reference.dtype, np.floating):
@@ -175,12 +175,12 @@ def compare(name: str, reference: np.ndarray, actual: np.ndarray, noise: np.ndar
     error = np.abs(act[finite] - ref[finite])
     scale = float(np.abs(ref[finite]).max(initial=0.0))
     moved = _moved(ref, noise, finite)
-    if rtol is None and atol is None:
-        unit = UNIT_ROUNDOFF.get(reference.dtype, 2.0**-8)
-        allowed = NOISE_MULTIPLE * moved + OUTPUT_ROUNDING * unit * scale
+    if not tolerance.fixed:
+        unit = unit_roundoff(reference.dtype)
+        allowed = tolerance.noise_multiple * moved + tolerance.rounding_factor * unit * scale
         passed = bool(same_nonfinite and np.all(error <= allowed))
         return OutputCheck(name, float(error.max(initial=0.0)), scale, allowed, passed, moved)
-    rtol, atol = rtol or 0.0, atol or 0.0
+    rtol, atol = tolerance.rtol or 0.0, tolerance.atol or 0.0
     elementwise = atol * max(scale, np.finfo(np.float32).tiny) + rtol * np.abs(ref[finite])
     passed = bool(same_nonfinite and np.all(error <= elementwise))
     return OutputCheck(name, float(error.max(initial=0.0)), scale, atol * scale + rtol * scale, passed, moved)
@@ -256,7 +256,7 @@ def _fan_in(node: onnx.NodeProto, position: int, shape: tuple[int, ...]) -> int:
 
 def verify(original: onnx.ModelProto, optimized: onnx.ModelProto, *,
            input_shapes: dict[str, tuple[int, ...]] | None = None,
-           rtol: float | None = None, atol: float | None = None, seed: int = 0,
+           tolerance: Tolerance = DEFAULT, seed: int = 0,
            local: bool = True, feeds: feeding.Inputs | None = None) -> Verification:
     """Both models on ``feeds`` (a directory of .pb/.npy files, or name → value) or seeded random inputs.
     ``local=False`` checks the outputs only: for two graphs whose tensor names do not correspond
@@ -269,10 +269,10 @@ def verify(original: onnx.ModelProto, optimized: onnx.ModelProto, *,
     differs by more than its own rounding.
     """
     with _Sessions(original, optimized, local) as sessions:
-        return _verify_once(sessions, input_shapes or {}, feeds, rtol, atol, seed)
+        return _verify_once(sessions, input_shapes or {}, feeds, tolerance, seed)
 
 
-def _verify_once(sessions: _Sessions, input_shapes, given, rtol, atol, seed) -> Verification:
+def _verify_once(sessions: _Sessions, input_shapes, given, tolerance: Tolerance, seed) -> Verification:
     """One input size, on sessions made once for every size."""
     start = time.perf_counter()
     original, optimized, checks = sessions.original_model, sessions.optimized_model, sessions.checks
@@ -283,22 +283,22 @@ def _verify_once(sessions: _Sessions, input_shapes, given, rtol, atol, seed) -> 
         failed = tuple(OutputCheck(n, float("inf"), 0.0, 0.0, False) for n in names)
         return Verification(False, failed, _shapes(feeds), time.perf_counter() - start,
                             local_skipped=f"the optimized model does not run: {error}")
-    results = {a: local_check.compare(a, reference[a], value, magnitude)
+    results = {a: local_check.compare(a, reference[a], value, magnitude, tolerance)
                for a, (value, magnitude) in computed.items()}
     failing = [a for a, c in results.items() if not c.passed and c.max_abs_error < float("inf")]
     if failing:  # the original's own rounding may be larger: its branches can cancel in the merge
         for anchor, magnitude in _original_magnitudes(original, checks, failing, reference, feeds).items():
             value, own = computed[anchor]
-            results[anchor] = local_check.compare(anchor, reference[anchor], value, own + magnitude)
-    outputs, tolerance = _check_outputs(names, reference, actual, rtol, atol,
+            results[anchor] = local_check.compare(anchor, reference[anchor], value, own + magnitude, tolerance)
+    outputs, bound = _check_outputs(names, reference, actual, tolerance,
                                         lambda: dict(zip(names, _run(sessions.noise(seed), names, feeds))))
     for anchor, result in results.items():
         if not result.passed:
             results[anchor] = replace(result, region=local_check.region(original, checks, anchor))
-    locals_ = (*results.values(), *_check_folded(optimized, checks, reference))
+    locals_ = (*results.values(), *_check_folded(optimized, checks, reference, tolerance))
     passed = all(c.passed for c in outputs) and all(c.passed for c in locals_)
     return Verification(passed, tuple(outputs), _shapes(feeds), time.perf_counter() - start, locals_,
-                        tolerance, sessions.skipped)
+                        bound, tolerance, sessions.skipped)
 
 
 class _Sessions:
@@ -369,18 +369,18 @@ class _Sessions:
         return self._noise
 
 
-def _check_outputs(names, reference, actual, rtol, atol, noise_run) -> tuple[list[OutputCheck], str]:
+def _check_outputs(names, reference, actual, tolerance: Tolerance, noise_run) -> tuple[list[OutputCheck], Bound]:
     """Each output within its own rounding, else (the noise run made only then) within the noise
     floor; or within rtol/atol when given. A sequence's elements are outputs of their own: name[i]."""
     leaves = list(feeding.leaves((n, reference[n], a) for n, a in zip(names, actual)))
-    outputs = [compare(n, r, a, None, rtol, atol) for n, r, a in leaves]
-    if rtol is not None or atol is not None:
-        return outputs, f"rtol {rtol or 0:g}, atol {atol or 0:g}"
+    outputs = [compare(n, r, a, None, tolerance) for n, r, a in leaves]
+    if tolerance.fixed:
+        return outputs, Bound.FIXED
     if all(o.passed for o in outputs):
-        return outputs, "rounding"
+        return outputs, Bound.ROUNDING
     noise = noise_run()
     moved = {n: m for n, _, m in feeding.leaves((n, reference[n], noise[n]) for n in names)}
-    return [compare(n, r, a, moved.get(n)) for n, r, a in leaves], "noise floor"
+    return [compare(n, r, a, moved.get(n), tolerance) for n, r, a in leaves], Bound.NOISE_FLOOR
 
 
 #: Dynamic dims at the second size: batch 2, then odd sizes (a pad or stride that lines up only for
@@ -414,23 +414,23 @@ def second_size(model: onnx.ModelProto) -> dict[str, tuple[int, ...]] | None:
 
 def verify_sizes(original: onnx.ModelProto, optimized: onnx.ModelProto, *,
                  input_shapes: dict[str, tuple[int, ...]] | None = None,
-                 rtol: float | None = None, atol: float | None = None, seed: int = 0,
+                 tolerance: Tolerance = DEFAULT, seed: int = 0,
                  local: bool = True, feeds: feeding.Inputs | None = None) -> Verification:
     """:func:`verify` at the given (or default) input shapes and, for a model with dynamic dims and no
     shapes or inputs given, again at :func:`second_size` where the original runs there; one set of
     sessions serves both sizes."""
     shapes = None if input_shapes or feeds is not None else second_size(original)
     with _Sessions(original, optimized, local) as sessions:
-        first = _verify_once(sessions, input_shapes or {}, feeds, rtol, atol, seed)
+        first = _verify_once(sessions, input_shapes or {}, feeds, tolerance, seed)
         if shapes is None:
             return first
         try:
-            second = _verify_once(sessions, shapes, None, rtol, atol, seed)
+            second = _verify_once(sessions, shapes, None, tolerance, seed)
         except UnsupportedModel as error:  # the original itself does not run there (a size it rejects)
             return replace(first, other_sizes_skipped=f"{_describe(shapes)}: {error}")
     return replace(first, passed=first.passed and second.passed, outputs=first.outputs + second.outputs,
                    local=first.local + second.local, seconds=first.seconds + second.seconds,
-                   tolerance=second.tolerance if second.tolerance == "noise floor" else first.tolerance,
+                   bound=Bound.NOISE_FLOOR if second.bound is Bound.NOISE_FLOOR else first.bound,
                    other_sizes=(second.input_shapes,), local_skipped=first.local_skipped or second.local_skipped)
 
 
@@ -481,14 +481,14 @@ def _run_optimized(sessions: _Sessions, reference, feeds, names):
     return values[:len(names)], computed
 
 
-def _check_folded(optimized: onnx.ModelProto, checks, reference) -> list[LocalCheck]:
+def _check_folded(optimized: onnx.ModelProto, checks, reference, tolerance: Tolerance) -> list[LocalCheck]:
     """Tensors the original computes and the optimized model holds as constants: equal to the rounding."""
     weights = {t.name: t for t in optimized.graph.initializer if t.name in checks.folded}
     results = []
     for name, tensor in weights.items():
         if isinstance(reference.get(name), np.ndarray):
             value = numpy_helper.to_array(tensor)
-            results.append(local_check.compare(name, reference[name], value, np.abs(reference[name])))
+            results.append(local_check.compare(name, reference[name], value, np.abs(reference[name]), tolerance))
     return results
 
 
