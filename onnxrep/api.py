@@ -15,8 +15,11 @@ from onnxrep.errors import VerificationFailed
 from onnxrep.io import files as io
 from onnxrep.options import Options
 from onnxrep.report.report import ModelStats, Report
+from onnxrep.ir import convert
 from onnxrep.rewrite import engine
-from onnxrep.rules import DEFAULT_RULES, RULES_BY_NAME, Finding, Rule
+from onnxrep.rewrite.contract import Rule
+from onnxrep.rewrite.ledger import Rewrite, RolledBack
+from onnxrep.rules import DEFAULT_RULES, RULES_BY_NAME
 
 if TYPE_CHECKING:
     from onnxrep.verify.check import Verification
@@ -40,17 +43,16 @@ def _rewrite(model: onnx.ModelProto, rules, allowed=None, blocked=frozenset(), *
     """Rewrite a copy of ``model``. With ``free_model``, the weights are read out of the proto at
     once and ``free_model`` is called to drop the caller's reference to it: the proto's memory
     is then freed before the rewrite starts (a big model's weights are never held twice)."""
-    report = Report()
     graph = gs.import_onnx(model)
-    overridable = engine.overridable_initializers(model)
+    overridable = convert.overridable_initializers(model)
     original = model
     if free_model is not None:
-        engine.load_weights(graph)
-        original = engine.skeleton(model)
+        convert.load_weights(graph)
+        original = convert.skeleton(model)
         del model
         free_model()
-    engine.rewrite_graph(graph, rules, report, overridable, allowed, blocked)
-    return engine.export(graph, original), report
+    ledger = engine.rewrite_graph(graph, rules, overridable, allowed, blocked)
+    return convert.export(graph, original), Report.of(ledger)
 
 
 def optimize(model: onnx.ModelProto | gs.Graph | str | os.PathLike, options: Options | None = None, *,
@@ -132,32 +134,34 @@ def _verified(model, rules, optimized, report, check_model, step) -> tuple[onnx.
     """Verify ``optimized``; while it fails, roll back the culprits (at most MAX_ROLLBACK_ROUNDS
     rounds) and rewrite again. The report gets ``dropped`` and the last ``verification``."""
     verification = check_model(optimized)
-    dropped: list[Finding] = []
-    guessed: list[Finding] = []  # chosen among several rewrites that could be wrong at one tensor
+    dropped: list[RolledBack] = []
+    guessed: list[RolledBack] = []  # chosen among several rewrites that could be wrong at one tensor
     for _ in range(MAX_ROLLBACK_ROUNDS):
         if verification.passed or not report.applied:
             break
-        culprits, guesses = _culprits(model, rules, report.applied, {(f.rule, f.where) for f in dropped},
-                                      verification, check_model)
+        culprits, guesses = _culprits(model, rules, report.applied, _keys(dropped), verification, check_model)
         if not culprits:
             break
-        for finding in culprits:
-            step(f"roll back {finding.rule} at {finding.where}")
+        for culprit in culprits:
+            step(f"roll back {culprit.rule} at {culprit.where}")
         dropped += culprits
         guessed += guesses
-        optimized, report = _rewrite(model, rules, blocked={(f.rule, f.where) for f in dropped})
+        optimized, report = _rewrite(model, rules, blocked=_keys(dropped))
         verification = check_model(optimized)
-    for finding in guessed if verification.passed else ():  # undo a guess the model verifies without
-        others = {(f.rule, f.where) for f in dropped if f is not finding}
-        candidate, candidate_report = _rewrite(model, rules, blocked=others)
+    for guess in guessed if verification.passed else ():  # undo a guess the model verifies without
+        candidate, candidate_report = _rewrite(model, rules, blocked=_keys(d for d in dropped if d is not guess))
         check = check_model(candidate)
         if check.passed:
-            step(f"keep {finding.rule} at {finding.where}")
-            dropped.remove(finding)
+            step(f"keep {guess.rule} at {guess.where}")
+            dropped.remove(guess)
             optimized, report, verification = candidate, candidate_report, check
     report.dropped = dropped
     report.verification = verification
     return optimized, report
+
+
+def _keys(rolled_back) -> set[tuple[str, str, int]]:
+    return {r.rewrite.key for r in rolled_back}
 
 
 def _failure(v: Verification) -> str:
@@ -174,43 +178,44 @@ def _failure(v: Verification) -> str:
             f"allowed ({v.bound_text})")
 
 
-def _culprits(model, rules, applied, blocked, verification: Verification,
-              check_model) -> tuple[list[Finding], list[Finding]]:
+def _culprits(model, rules, applied: list[Rewrite], blocked, verification: Verification,
+              check_model) -> tuple[list[RolledBack], list[RolledBack]]:
     """The rewrites to roll back, and which of them were guesses.
 
     Per failing local check, the last rewrite applied at its tensor or inside its region (the
-    original's tensors it replaced: a rewrite keyed at a Reshape that is gone can be wrong at the
-    HardSwish after it), all failing checks at once; where several rewrites could be wrong at one
-    tensor (two merge_concat runs on one Concat, a fold and the reshapes around it) the last is a
-    guess, undone at the end if the model verifies without it. When the local checks pass, or name no
-    rewrite, the one that bisection finds.
+    original's tensors between the ones the rewrites read and it: a rewrite whose anchor vanished,
+    a Reshape's, can be wrong at the HardSwish after it), all failing checks at once; a rewrite is
+    found by its anchor, else by the tensors it replaced. Where several rewrites could be wrong at
+    one tensor (two merge_concat runs on one Concat, a fold and the reshapes around it) the last is
+    a guess, undone at the end if the model verifies without it. When the local checks pass, or name
+    no rewrite, the one that bisection finds.
     """
-    culprits: dict[tuple[str, str], tuple[LocalCheck, bool]] = {}
+    culprits: dict[tuple, tuple[Rewrite, LocalCheck, bool]] = {}
+    live = [r for r in applied if r.key not in blocked]
     for check in (c for c in verification.local if not c.passed):
         inside = {check.tensor, *check.region}
-        keys = [(rule, where) for rule, where in applied
-                if where.split("#")[0] in inside and (rule, where) not in blocked]
-        if keys:
-            culprits.setdefault(keys[-1], (check, len(keys) > 1))
+        found = [r for r in live if r.anchor in inside] or [r for r in live if r.touches & inside]
+        if found:
+            culprits.setdefault(found[-1].key, (found[-1], check, len(found) > 1))
     if culprits:
-        findings = {key: Finding(*key, f"rolled back: the local check of {check.tensor} failed (max abs error "
-                                       f"{check.max_abs_error:.3g}, more than float rounding allows)")
-                    for key, (check, _) in culprits.items()}
-        return list(findings.values()), [findings[key] for key, (_, guess) in culprits.items() if guess]
+        rolled = {key: RolledBack(rewrite, f"rolled back: the local check of {check.tensor} failed (max abs error "
+                                           f"{check.max_abs_error:.3g}, more than float rounding allows)")
+                  for key, (rewrite, check, _) in culprits.items()}
+        return list(rolled.values()), [rolled[key] for key, (_, _, guess) in culprits.items() if guess]
     culprit = _first_failing(model, rules, applied, blocked, check_model)
     if culprit is None:
         return [], []
-    return [Finding(*culprit, f"rolled back: the outputs differ with this rewrite ({_failure(verification)})")], []
+    return [RolledBack(culprit, f"rolled back: the outputs differ with this rewrite ({_failure(verification)})")], []
 
 
-def _first_failing(model, rules, applied, blocked, check_model) -> tuple[str, str] | None:
+def _first_failing(model, rules, applied: list[Rewrite], blocked, check_model) -> Rewrite | None:
     """The first rewrite, in applied order, whose inclusion makes verification fail (bisection).
 
     A prefix of the applied rewrites is re-run with only those allowed. None
     when even the empty prefix fails (the failure is not ours to roll back).
     """
     def fails(count: int) -> bool:
-        candidate, _ = _rewrite(model, rules, allowed=set(applied[:count]), blocked=blocked)
+        candidate, _ = _rewrite(model, rules, allowed={r.key for r in applied[:count]}, blocked=blocked)
         return not check_model(candidate).passed
 
     if fails(0):

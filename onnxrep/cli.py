@@ -129,6 +129,9 @@ def _run_job(job: Job, progress) -> Outcome:
         written = io.save_model(model, output, external_data=job.external_data)
         report.seconds["save"] = time.perf_counter() - start
         report.after = dataclasses.replace(report.after, size_bytes=written)
+        if job.debug:
+            for trace in report.rule_errors:
+                click.echo(trace, err=True)
         return Outcome(job, 0, None, report)
     except OnnxrepError as error:
         message = f"onnxrep: error: {error}"
@@ -351,8 +354,7 @@ def inspect_command(input_path, only, skip, json_path, html_path, verbose) -> No
         click.echo(line)
     if json_path:
         with open(json_path, "w") as f:
-            json.dump({"rewrites": [{"rule": r, "tensor": t, "node": report.applied_at.get((r, t))}
-                                    for r, t in report.applied],
+            json.dump({"rewrites": [{"rule": r.rule, "tensor": r.anchor, "node": r.node} for r in report.applied],
                        **{k: v for k, v in report.to_dict().items() if k in ("before", "after", "refusals")}},
                       f, indent=2)
     if html_path:
