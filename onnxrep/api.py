@@ -13,9 +13,9 @@ import onnx_graphsurgeon as gs
 
 from onnxrep.errors import VerificationFailed
 from onnxrep.io import files as io
+from onnxrep.ir import convert
 from onnxrep.options import Options
 from onnxrep.report.report import ModelStats, Report
-from onnxrep.ir import convert
 from onnxrep.rewrite import engine
 from onnxrep.rewrite.contract import Rule
 from onnxrep.rewrite.ledger import Rewrite, RolledBack

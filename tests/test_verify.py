@@ -172,9 +172,9 @@ def test_bisection_still_finds_a_culprit_the_local_checks_cannot_see(monkeypatch
     monkeypatch.setattr(local_check, "plan", lambda original, optimized: local_check.Plan())
     model = onnx.load(MODELS / "repvgg.train.onnx")
     _, clean = onnxrep.optimize(model, verify=False)
-    target = [out for rule, out in clean.applied if rule == "merge_parallel"][2]
+    target = [r.anchor for r in clean.applied if r.rule == "merge_parallel"][2]
     _, report = onnxrep.optimize(model, rules=(FOLD, altered_rule("broken", _shift_tap, only=target)))
-    assert [(f.rule, f.where) for f in report.dropped] == [("broken", target)]
+    assert [(f.rule, f.rewrite.anchor) for f in report.dropped] == [("broken", target)]
     assert "outputs differ" in report.dropped[0].reason and report.verification.passed
 
 
@@ -337,7 +337,7 @@ def test_a_wrong_rewrite_keyed_at_a_vanished_tensor_is_found_through_its_region(
     from test_fold_reshaped_affine import bn, tokens
     from test_matmul import linear
 
-    from onnxrep.rules import DEFAULT_RULES, Rule, fold_reshaped_affine
+    from onnxrep.rules import DEFAULT_RULES, fold_reshaped_affine
 
     b, x = tokens()
     y = linear(b, x, bias=False)
@@ -345,11 +345,11 @@ def test_a_wrong_rewrite_keyed_at_a_vanished_tensor_is_found_through_its_region(
     b.output(b.op("HardSwish", b.node("Reshape", [normed, b.node("Shape", [y])])))
     model = b.model()
 
-    def off_by_a_little(ctx, match):
+    def off_by_a_little(builder, match):
         spec = match.affine.spec
         affine = replace(match.affine, spec=replace(spec, bias=spec.bias + 1e-3))
-        fold_reshaped_affine.rewrite(ctx, replace(match, affine=affine))
-    broken = Rule(fold_reshaped_affine.NAME, "off by 1e-3", fold_reshaped_affine.find, off_by_a_little)
+        return fold_reshaped_affine.build(builder, replace(match, affine=affine))
+    broken = replace(fold_reshaped_affine.RULE, summary="off by 1e-3", build=off_by_a_little)
     rules = tuple(broken if r.name == broken.name else r for r in DEFAULT_RULES)
     monkeypatch.setattr(api, "_first_failing", _no_bisection)
     steps = []

@@ -200,7 +200,8 @@ def is_pointwise(s: ConvSpec) -> bool:
 
 
 def _sequential_costlier(size: int, cost: int) -> Refused:
-    return Refused("costlier", f"the merged kernel would cost {size} multiply-adds per pixel, more than the {cost} of the two")
+    return Refused("costlier",
+                   f"the merged kernel would cost {size} multiply-adds per pixel, more than the {cost} of the two")
 
 
 def merge_sequential(first: ConvSpec, second: ConvSpec, *, check_cost: bool = True) -> ConvSpec:

@@ -85,8 +85,8 @@ def affine(node: gs.Node, ctx: Context, rank: int | None) -> Affine | None:
     if not is_op(node, *ELEMENTWISE) or len(node.outputs) != 1:
         return None
     if _closes_gelu(node):
-        raise Refused("fused-pattern", f"{node.name} closes a GELU (x·(1+erf(x/√2))·0.5), which runtimes fuse into one op: "
-                       f"folding it elsewhere would break that fusion")
+        raise Refused("fused-pattern", f"{node.name} closes a GELU (x·(1+erf(x/√2))·0.5), which runtimes fuse "
+                                       f"into one op: folding it elsewhere would break that fusion")
     if node.op == "Neg":
         return Affine(node.inputs[0], np.array(-1.0), np.array(0.0), node.inputs[0].dtype, rank, None)
     a, b = node.inputs

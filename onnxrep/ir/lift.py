@@ -163,12 +163,11 @@ def _add(node: gs.Node, ctx: Context, hint: Hint) -> Lifted | None:
             plus = affine(node, ctx, linear.layout.rank) if linear is not None else None
         except Refused:
             linear = None  # not a MatMul's bias: an affine, or a join of two computed tensors
-    if linear is not None:
-        if plus is not None and plus.source is matmul.outputs[0] and plus.scale.ndim == 0 \
-                and plus.axis in (None, linear.layout.axis) and plus.shift.size in (1, linear.spec.out_channels):
-            _, shift = plus.per_channel(linear.spec.out_channels)
-            conv = _dense(linear.spec.weight, shift)
-            return Lifted(linear.source, conv, linear.dtype, True, linear.layout, (matmul, node))
+    if linear is not None and plus is not None and plus.source is matmul.outputs[0] and plus.scale.ndim == 0 \
+            and plus.axis in (None, linear.layout.axis) and plus.shift.size in (1, linear.spec.out_channels):
+        _, shift = plus.per_channel(linear.spec.out_channels)
+        conv = _dense(linear.spec.weight, shift)
+        return Lifted(linear.source, conv, linear.dtype, True, linear.layout, (matmul, node))
     return _affine(node, ctx, hint)
 
 

@@ -5,12 +5,10 @@
   no spatial axes, channels-last input   → MatMul (weight (in, out)), + Add of the bias
 
 Weights are fresh initializers named after ``name``, cast to the model's dtype.
-The nodes go into a replacement (onnxrep.rewrite.contract.Builder), not the graph.
+The nodes go into a replacement (onnxrep.ir.replacement.Builder), not the graph.
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -18,9 +16,7 @@ import onnx_graphsurgeon as gs
 from onnxrep.algebra import kernels
 from onnxrep.algebra.spec import ConvSpec
 from onnxrep.ir.affine import Layout
-
-if TYPE_CHECKING:
-    from onnxrep.rewrite.contract import Builder
+from onnxrep.ir.replacement import Builder
 
 
 def emit(b: Builder, name: str, source: gs.Tensor, spec: ConvSpec, layout: Layout, output: gs.Tensor,

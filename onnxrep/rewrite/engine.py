@@ -19,7 +19,7 @@ import onnx_graphsurgeon as gs
 from onnxrep.ir.convert import release
 from onnxrep.ir.graph import Context, is_op, nbytes, producer
 from onnxrep.refusal import Refused
-from onnxrep.rewrite.contract import Replacement, Rule
+from onnxrep.rewrite.contract import Builder, Replacement, Rule
 from onnxrep.rewrite.ledger import Finding, Ledger, Rewrite
 
 MAX_SWEEPS = 50
@@ -53,7 +53,7 @@ def rewrite_graph(graph: gs.Graph, rules: Sequence[Rule], overridable: frozenset
             for node in ctx.nodes():
                 if not node.outputs or not is_op(node, *rule.anchors):
                     continue
-                match = _attempt(rule, ctx, node, findings, lambda: rule.match(ctx, node))
+                match = _attempt(rule, ctx, node, findings, rule.match, ctx, node)
                 if match is None:
                     continue
                 anchor = match.output
@@ -78,13 +78,13 @@ def rewrite_graph(graph: gs.Graph, rules: Sequence[Rule], overridable: frozenset
     return ledger
 
 
-def _attempt(rule: Rule, ctx: Context, node: gs.Node, findings: list[Finding], step):
-    """``step()`` (a rule's match or build), its refusals and notes recorded as findings; an
+def _attempt(rule: Rule, ctx: Context, node: gs.Node, findings: list[Finding], step, *args):
+    """``step(*args)`` (a rule's match or build), its refusals and notes recorded as findings; an
     unexpected exception is a refusal with code "rule-error" (or raised, see RULE_ERRORS)."""
     where = node.name or node.op
     ctx.notes.clear()
     try:
-        return step()
+        return step(*args)
     except Refused as refusal:
         findings.append(Finding(rule.name, refusal.where or where, refusal.reason, refusal.code))
         return None
@@ -103,19 +103,12 @@ def _attempt(rule: Rule, ctx: Context, node: gs.Node, findings: list[Finding], s
 def _apply(rule: Rule, ctx: Context, match, key: Key, findings: list[Finding], ledger: Ledger,
            copied: dict) -> Rewrite | None:
     """Build the match's replacement and apply it; None when the rule refused or failed."""
-    from onnxrep.rewrite.contract import Builder
-
     anchor_node = next((n for n in match.nodes if any(t.name == match.output for t in n.outputs)), None)
     node_name = (anchor_node.name or anchor_node.op) if anchor_node is not None else match.output
     freed = {n.name for n in match.nodes if n.name in ctx.names}
     ctx.names -= freed  # the new nodes may take the names of the ones they replace
 
-    def build() -> Replacement:
-        replacement = rule.build(Builder(ctx), match)
-        _check(replacement, match.output, ctx)
-        return replacement
-
-    replacement = _attempt(rule, ctx, anchor_node or match.nodes[0], findings, build)
+    replacement = _attempt(rule, ctx, anchor_node or match.nodes[0], findings, _build, rule, ctx, match)
     ledger.errors += ctx.errors
     ctx.errors.clear()
     if replacement is None:
@@ -123,11 +116,17 @@ def _apply(rule: Rule, ctx: Context, match, key: Key, findings: list[Finding], l
         return None
     weights = [t for n in replacement.removes for t in n.inputs if isinstance(t, gs.Constant)]
     read = _weights_read(replacement.removes)
-    replaced = tuple(t.name for n in replacement.removes for t in n.outputs if t.name != match.output)
+    replaced = tuple(t.name for n in replacement.removes for t in n.outputs if t.name != key[1])
     _write(replacement, ctx)
     release(weights, ctx.graph_outputs)
     copied.update({name: t for name, (t, others) in read.items() if _left_to_others(t, others)})
-    return Rewrite(rule.name, match.output, key[2], node_name, replaced, replacement.renamed)
+    return Rewrite(rule.name, key[1], key[2], node_name, replaced, replacement.renamed)
+
+
+def _build(rule: Rule, ctx: Context, match) -> Replacement:
+    replacement = rule.build(Builder(ctx), match)
+    _check(replacement, match.output, ctx)
+    return replacement
 
 
 def _check(replacement: Replacement, anchor: str, ctx: Context) -> None:

@@ -277,28 +277,35 @@ def _verify_once(sessions: _Sessions, input_shapes, given, tolerance: Tolerance,
     start = time.perf_counter()
     original, optimized, checks = sessions.original_model, sessions.optimized_model, sessions.checks
     names, feeds, reference = _run_original(sessions, input_shapes, seed, given)
+    broken: list[str] = []  # anchors whose local copies do not even load on their own
     try:
         actual, computed = _run_optimized(sessions, reference, feeds, names)
-    except _OptimizedFailed as error:
-        failed = tuple(OutputCheck(n, float("inf"), 0.0, 0.0, False) for n in names)
-        return Verification(False, failed, _shapes(feeds), time.perf_counter() - start,
-                            local_skipped=f"the optimized model does not run: {error}")
+        unloadable = None
+    except _OptimizedFailed as error:  # the local checks still run, on the changed nodes alone
+        actual, unloadable = None, error
+        computed, broken = _standalone(sessions, {**reference, **feeds})
     results = {a: local_check.compare(a, reference[a], value, magnitude, tolerance)
                for a, (value, magnitude) in computed.items()}
+    results.update({a: LocalCheck(a, float("inf"), float("inf"), False) for a in broken})
     failing = [a for a, c in results.items() if not c.passed and c.max_abs_error < float("inf")]
     if failing:  # the original's own rounding may be larger: its branches can cancel in the merge
         for anchor, magnitude in _original_magnitudes(original, checks, failing, reference, feeds).items():
             value, own = computed[anchor]
             results[anchor] = local_check.compare(anchor, reference[anchor], value, own + magnitude, tolerance)
-    outputs, bound = _check_outputs(names, reference, actual, tolerance,
+    if unloadable is None:
+        outputs, bound = _check_outputs(names, reference, actual, tolerance,
                                         lambda: dict(zip(names, _run(sessions.noise(seed), names, feeds))))
+    else:
+        outputs, bound = [OutputCheck(n, float("inf"), 0.0, 0.0, False) for n in names], Bound.ROUNDING
     for anchor, result in results.items():
         if not result.passed:
             results[anchor] = replace(result, region=local_check.region(original, checks, anchor))
     locals_ = (*results.values(), *_check_folded(optimized, checks, reference, tolerance))
     passed = all(c.passed for c in outputs) and all(c.passed for c in locals_)
+    skipped = sessions.skipped if unloadable is None else (
+        f"the optimized model does not run ({unloadable}): its changed nodes were checked on their own")
     return Verification(passed, tuple(outputs), _shapes(feeds), time.perf_counter() - start, locals_,
-                        bound, tolerance, sessions.skipped)
+                        bound, tolerance, skipped)
 
 
 class _Sessions:
@@ -462,6 +469,35 @@ def _original_magnitudes(original, checks, anchors, reference, feeds) -> dict[st
     wanted = list(dict.fromkeys(names.values()))
     values = dict(zip(wanted, _run(session, wanted, extra)))
     return {anchor: values[name] for anchor, name in names.items()}
+
+
+def _standalone(sessions: _Sessions, values: dict) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:
+    """Each rewritten tensor's local value and magnitude from the changed nodes' copies alone (see
+    local_check.standalone): all in one model, or group by group when that does not load; the
+    anchors of a group that does not load or run on its own are returned apart (they fail)."""
+    checks, optimized = sessions.checks, sessions.optimized_model
+    try:
+        return _run_standalone(optimized, checks, values, None), []
+    except UnsupportedModel:
+        pass
+    computed, broken = {}, []
+    for nodes in local_check.components(checks):
+        try:
+            computed.update(_run_standalone(optimized, checks, values, nodes))
+        except UnsupportedModel:
+            broken += [o for n in nodes for o in n.output if o in checks.writes]
+    return computed, broken
+
+
+def _run_standalone(optimized, checks, values, nodes) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    model, feeds, compared = local_check.standalone(optimized, checks, values, nodes)
+    session = _session(model.SerializeToString())
+    wanted = [o for c in compared for o in c[1:]]
+    try:
+        outputs = dict(zip(wanted, _run(session, wanted, feeds)))
+    except Exception as error:
+        raise UnsupportedModel(_first_line(error)) from None
+    return {anchor: (outputs[local], outputs[magnitude]) for anchor, local, magnitude in compared}
 
 
 class _OptimizedFailed(Exception):

@@ -161,6 +161,52 @@ def augmented(optimized: onnx.ModelProto, checks: Plan, reference: dict[str, np.
         yield lambda values: copies.feeds(values)[0], compared
 
 
+def standalone(optimized: onnx.ModelProto, checks: Plan, reference: dict[str, np.ndarray],
+               nodes: list[onnx.NodeProto] | None = None) -> tuple[onnx.ModelProto, dict, list[tuple[str, str, str]]]:
+    """The local copies of ``nodes`` (default: every changed node) and their magnitude twins as a model
+    of their own, fed with the original's values: the local checks run even when the optimized model
+    as a whole does not load (a merge that made one node invalid). Returns the model, its feeds and
+    ``(anchor, local output, magnitude output)`` per anchor it checks (``reference`` holds the graph
+    inputs' values too)."""
+    graph = optimized.graph
+    weights = {t.name: t for t in graph.initializer}
+    nodes = checks.changed if nodes is None else nodes
+    copies, magnitudes = _local(nodes, checks.reads, weights, reference)
+    written = {o for n in nodes for o in n.output}
+    compared = [(name, name + _LOCAL, magnitudes.of(name + _LOCAL))
+                for name in checks.writes if name in written and isinstance(reference.get(name), np.ndarray)]
+    feeds, inputs = copies.feeds(reference)
+    used = {i for n in copies.nodes + magnitudes.nodes for i in n.input}
+    for value in graph.input:  # graph inputs the copies read as they are
+        if value.name in used and value.name not in weights and isinstance(reference.get(value.name), np.ndarray):
+            feeds[value.name] = reference[value.name]
+            inputs.append(value)
+    model_graph = helper.make_graph(
+        copies.nodes + magnitudes.nodes, "local_checks", inputs,
+        [helper.make_empty_tensor_value_info(o) for c in compared for o in c[1:]],
+        [weights[w] for w in used if w in weights] + magnitudes.initializers)
+    model = helper.make_model(model_graph, opset_imports=optimized.opset_import)
+    model.ir_version = optimized.ir_version
+    return model, feeds, compared
+
+
+def components(checks: Plan) -> list[list[onnx.NodeProto]]:
+    """The changed nodes in groups that can be checked apart: nodes linked by a tensor the original
+    does not compute (a MatMul and the Add of its bias, a merged conv and the partial sum after it)."""
+    anchors = set(checks.writes) | set(checks.reads)
+    group = {id(n): [n] for n in checks.changed}
+    producer = {o: n for n in checks.changed for o in n.output if o and o not in anchors}
+    for node in checks.changed:
+        for name in node.input:
+            source = producer.get(name)
+            if source is not None and group[id(source)] is not group[id(node)]:
+                merged = group[id(source)] + group[id(node)]
+                for member in merged:
+                    group[id(member)] = merged
+    unique = {id(g): g for g in group.values()}
+    return list(unique.values())
+
+
 def original_magnitudes(original: onnx.ModelProto, checks: Plan, anchors: list[str],
                         reference: dict[str, np.ndarray]) -> tuple[onnx.ModelProto, dict, dict[str, str]]:
     """A small model computing the magnitudes the original's own sums rounded for ``anchors``: the
