@@ -89,3 +89,8 @@ def scaled_rule(factor: float):
 def broken_rule(only: str | None = None):
     """merge_parallel made wrong on purpose: it negates merged convs (all, or the one writing ``only``)."""
     return altered_rule("broken", lambda spec, _: spec.negated(), only)
+
+
+def codes(report) -> set[str]:
+    """The stable codes of the refusals (onnxrep.refusal.CODES)."""
+    return {f.code for f in report.refusals}

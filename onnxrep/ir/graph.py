@@ -39,7 +39,6 @@ class Context:
     weight_bytes: int | None = None  # the bytes of all the graph's weights, counted when first asked
     notes: list[Refused] = field(default_factory=list)  # refusals recorded by the match being made
     cache: dict = field(default_factory=dict)  # see memo()
-    errors: list[str] = field(default_factory=list)  # tracebacks of rules that raised, for --debug
 
     @classmethod
     def of(cls, graph: gs.Graph, overridable: frozenset[str] = frozenset()) -> Context:

@@ -44,6 +44,7 @@ def rewrite_graph(graph: gs.Graph, rules: Sequence[Rule], overridable: frozenset
     for sweep in range(1, MAX_SWEEPS + 1):
         ledger.sweeps = sweep
         findings: list[Finding] = []
+        errors: list[str] = []  # tracebacks of rules that raised, this sweep
         changed = False
         for rule in rules:
             ctx = Context.of(graph, overridable)
@@ -53,14 +54,14 @@ def rewrite_graph(graph: gs.Graph, rules: Sequence[Rule], overridable: frozenset
             for node in ctx.nodes():
                 if not node.outputs or not is_op(node, *rule.anchors):
                     continue
-                match = _attempt(rule, ctx, node, findings, rule.match, ctx, node)
+                match = _attempt(rule, node, findings, errors, ctx, rule.match, ctx, node)
                 if match is None:
                     continue
                 anchor = match.output
                 key = (rule.name, anchor, done[(rule.name, anchor)] + 1)
                 if key in blocked or (allowed is not None and key not in allowed):
                     continue  # rolled back (the caller reports it), or outside a bisection prefix
-                rewrite = _apply(rule, ctx, match, key, findings, ledger, copied)
+                rewrite = _apply(rule, ctx, match, key, findings, errors, copied)
                 if rewrite is not None:
                     done[(rule.name, anchor)] += 1
                     ledger.applied.append(rewrite)
@@ -70,6 +71,7 @@ def rewrite_graph(graph: gs.Graph, rules: Sequence[Rule], overridable: frozenset
                 graph.cleanup().toposort()
         if not changed:
             ledger.refusals = list(dict.fromkeys(findings))
+            ledger.errors = errors
             # A shared weight costs a copy only while something still reads it: when every
             # reader was rewritten, the original went away and the copy cost nothing.
             kept = graph.tensors()
@@ -78,7 +80,7 @@ def rewrite_graph(graph: gs.Graph, rules: Sequence[Rule], overridable: frozenset
     return ledger
 
 
-def _attempt(rule: Rule, ctx: Context, node: gs.Node, findings: list[Finding], step, *args):
+def _attempt(rule: Rule, node: gs.Node, findings: list[Finding], errors: list[str], ctx: Context, step, *args):
     """``step(*args)`` (a rule's match or build), its refusals and notes recorded as findings; an
     unexpected exception is a refusal with code "rule-error" (or raised, see RULE_ERRORS)."""
     where = node.name or node.op
@@ -93,14 +95,14 @@ def _attempt(rule: Rule, ctx: Context, node: gs.Node, findings: list[Finding], s
             raise
         findings.append(Finding(rule.name, where, f"internal error in the rule, left as it was: "
                                                   f"{type(error).__name__}: {error}", "rule-error"))
-        ctx.errors.append(f"{rule.name} at {where}:\n{traceback.format_exc()}")
+        errors.append(f"{rule.name} at {where}:\n{traceback.format_exc()}")
         return None
     finally:
         findings.extend(Finding(rule.name, n.where or where, n.reason, n.code) for n in ctx.notes)
         ctx.notes.clear()
 
 
-def _apply(rule: Rule, ctx: Context, match, key: Key, findings: list[Finding], ledger: Ledger,
+def _apply(rule: Rule, ctx: Context, match, key: Key, findings: list[Finding], errors: list[str],
            copied: dict) -> Rewrite | None:
     """Build the match's replacement and apply it; None when the rule refused or failed."""
     anchor_node = next((n for n in match.nodes if any(t.name == match.output for t in n.outputs)), None)
@@ -108,9 +110,7 @@ def _apply(rule: Rule, ctx: Context, match, key: Key, findings: list[Finding], l
     freed = {n.name for n in match.nodes if n.name in ctx.names}
     ctx.names -= freed  # the new nodes may take the names of the ones they replace
 
-    replacement = _attempt(rule, ctx, anchor_node or match.nodes[0], findings, _build, rule, ctx, match)
-    ledger.errors += ctx.errors
-    ctx.errors.clear()
+    replacement = _attempt(rule, anchor_node or match.nodes[0], findings, errors, ctx, _build, rule, ctx, match)
     if replacement is None:
         ctx.names |= freed
         return None

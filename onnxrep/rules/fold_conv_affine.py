@@ -88,7 +88,7 @@ def match(ctx: Context, op: gs.Node) -> ConvAffine | None:
             refusal.where = where
             raise refusal
     if affine.layout != linear.layout:
-        raise Refused("layout", f"{op.op} is not per-channel: it runs along axis {affine.layout.axis} of "
+        raise Refused("not-per-channel", f"{op.op} is not per-channel: it runs along axis {affine.layout.axis} of "
                                 f"{affine.layout.rank}, the {linear.nodes[0].op}'s channels are axis "
                                 f"{linear.layout.axis} of {linear.layout.rank}", where)
     with_bias = linear.has_bias or affine.has_bias
