@@ -44,12 +44,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 import export_fixtures as ef  # noqa: E402  (its export(): TorchScript / dynamo, stack traces dropped)
 import torch_blocks as tb  # noqa: E402
+from bench_qdq import CALIBRATION, quantize  # noqa: E402  (the quantization that tools/bench_qdq.py measures)
 
 OUT = ROOT / "tests" / "fixtures" / "adapters"
 EXPORTERS = {"ts": ef.VARIANTS["ts"], "dynamo": ef.VARIANTS["dynamo"]}
 BATCH = 2
 RTOL, ATOL = 1e-4, 1e-5       # atol relative to the output's largest magnitude
-CALIBRATION = 4               # random calibration inputs for quantize_static
 QDQ_SOURCES = {"repvgg": ROOT / "models" / "repvgg.train.onnx",
                "mobileone": ROOT / "tests" / "fixtures" / "torch" / "mobileone.ts.train.onnx"}
 
@@ -302,28 +302,6 @@ def export_case(name: str) -> dict:
             files.setdefault(exporter, {})[kind] = path.name
             print(f"  {path.name:36s} {path.stat().st_size / 1024:6.1f} KB  ort vs torch {err:.1e}  {histogram(path)}")
     return {"description": description, "input_shape": ["batch", channels, hw, hw], "files": files}
-
-
-def quantize(source: Path, target: Path) -> None:
-    """quantize_static, QDQ, per-channel int8 weights, int8 activations, MinMax on CALIBRATION inputs."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    model = onnx.load(source)
-    (value,) = model.graph.input
-    shape = [d.dim_value or 1 for d in value.type.tensor_type.shape.dim]
-    rng = np.random.default_rng(11)
-    batches = [{value.name: rng.standard_normal(shape).astype(np.float32)} for _ in range(CALIBRATION)]
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter(batches)
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    quantize_static(str(source), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
-    onnx.checker.check_model(onnx.load(target), full_check=True)
 
 
 def export_qdq(name: str, source: Path) -> dict:
