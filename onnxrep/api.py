@@ -12,7 +12,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxrep.errors import VerificationFailed
-from onnxrep.io import files as io
+from onnxrep.io import files
 from onnxrep.ir import convert
 from onnxrep.options import Options
 from onnxrep.report.report import ModelStats, Report
@@ -92,7 +92,7 @@ def optimize(model: onnx.ModelProto | gs.Graph | str | os.PathLike, options: Opt
     else:
         path = model
         step("load")
-        model = io.load_model(path)
+        model = files.load_model(path)
         timings["load"] = time.perf_counter() - start
         before = ModelStats.of(model, _size_on_disk(path, model))
 
@@ -111,7 +111,7 @@ def optimize(model: onnx.ModelProto | gs.Graph | str | os.PathLike, options: Opt
         start = time.perf_counter()
         step("verify")
         if path is not None:
-            model = io.load_model(path)
+            model = files.load_model(path)
 
         from onnxrep.verify.check import verify_sizes  # onnxruntime is loaded only to verify
 
@@ -233,7 +233,7 @@ def _first_failing(model, rules, applied: list[Rewrite], blocked, check_model) -
 def _size_on_disk(path, model: onnx.ModelProto) -> int:
     """The model file's size plus its external data files' (the loaded model no longer names them)."""
     size = os.path.getsize(path)
-    if io.weight_bytes(model) <= size:
+    if files.weight_bytes(model) <= size:
         return size  # the weights fit in the file itself
     header = onnx.load(path, load_external_data=False)  # small: the weights are elsewhere
     locations = {entry.value for tensor in header.graph.initializer
