@@ -15,7 +15,7 @@ from onnxrep.errors import UsageError, VerificationFailed
 from onnxrep.io import files as io
 from onnxrep.io import header
 from onnxrep.options import Options
-from onnxrep.report.report import ModelStats, Report
+from onnxrep.report.report import ModelStats, Report, tensor_of
 from onnxrep.rewrite import engine
 from onnxrep.rules import DEFAULT_RULES, RULES_BY_NAME, Finding, Rule
 
@@ -43,6 +43,7 @@ def _rewrite(model: onnx.ModelProto, rules, allowed=None, blocked=frozenset(), *
     is then freed before the rewrite starts (a big model's weights are never held twice)."""
     report = Report()
     graph = gs.import_onnx(model)
+    ops = {t.name: n.op for n in graph.nodes for t in n.outputs}  # what each rewrite rewrote, for the report
     overridable = engine.overridable_initializers(model)
     original = model
     if free_model is not None:
@@ -51,6 +52,7 @@ def _rewrite(model: onnx.ModelProto, rules, allowed=None, blocked=frozenset(), *
         del model
         free_model()
     engine.rewrite_graph(graph, rules, report, overridable, allowed, blocked)
+    report.applied_ops = {key: ops.get(tensor_of(key[1]), "") for key in report.applied}
     return engine.export(graph, original), report
 
 

@@ -36,7 +36,8 @@ def test_optimize_prints_report_and_writes(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     for text in ("BatchNormalization", "nodes", "parameters", "file size", "fold_conv_affine ×16",
-                 "merge_parallel ×8", "verification: passed", "local max error", "within rounding", f"wrote {out}"):
+                 "merge_parallel ×8", "verification: passed", "local max error", "within rounding", f"wrote {out}",
+                 "at input=1x3x32x32 and input=2x3x32x32\n", "time: load "):
         assert text in result.stdout, text
     onnx.checker.check_model(onnx.load(out), full_check=True)
     report = json.loads((tmp_path / "r.json").read_text())
@@ -352,12 +353,20 @@ def test_inspect_on_a_big_model_counts_first_and_sums_up_housekeeping(tmp_path):
     lines = result.stdout.splitlines()
     assert result.returncode == 0 and len(lines) < 25, result.stdout  # 1,284 lines before
     assert lines[1] == "rules fired: fold_bias_pad ×5, fold_conv_affine ×2, fold_sequential ×3, merge_parallel ×5"
-    assert lines[2].startswith("housekeeping: fold_constants ×1265")
+    assert lines[2] == "housekeeping: fold_constants ×1265 (nodes of constant arithmetic folded)"
     assert "  merge_parallel: /0/Add_2" in lines  # rewrites by node name, as refusals are
     verbose = onnxrep_cmd("inspect", FIXTURES / "dbb.ts.train.onnx", "-v").stdout.splitlines()
     assert len(verbose) > 1281 and sum(line.startswith("  fold_constants: ") for line in verbose) == 1265
     rewrites = json.loads((tmp_path / "i.json").read_text())["rewrites"]
     assert {"rule": "merge_parallel", "tensor": "/0/Add_2_output_0", "node": "/0/Add_2"} in rewrites
+
+
+def test_housekeeping_says_what_it_did():
+    _, aliases = onnxrep.optimize(FIXTURES / "repvgg.ts_untrained.train.onnx", verify=False)
+    assert "housekeeping: fold_constants ×13 (Identity aliases of weights dropped)" in aliases.format()
+    _, raw = onnxrep.optimize(FIXTURES / "dbb.dynamo_raw.train.onnx", verify=False)
+    assert ("housekeeping: fold_constants ×709 (676 nodes of constant arithmetic folded, 33 CastLikes made Casts), "
+            "fold_whole_write ×20 (whole-tensor writes replaced by their values)") in raw.format()
 
 
 def test_refusals_are_grouped_by_reason_unless_verbose(tmp_path):

@@ -49,7 +49,7 @@ def test_npy_named_after_the_input(tmp_path):
     np.save(tmp_path / "input.npy", X)
     code, output = run(SAMPLE, tmp_path / "out.onnx", "--inputs", tmp_path)
     assert code == 0, output
-    assert "inputs input=2x3x32x32" in output
+    assert "at input=2x3x32x32" in output
 
 
 def test_pb_files_by_order_or_by_name(tmp_path):
