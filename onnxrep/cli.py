@@ -401,14 +401,14 @@ def inspect_command(input_path, only, skip, json_path, html_path, verbose) -> No
                        **{k: v for k, v in report.to_dict().items() if k in ("before", "after", "refusals")}},
                       f, indent=2)
     if html_path:
-        _write_html(html_path, input_path, optimized, report)
+        _write_html(html_path, input_path, optimized, report, verified=False)
 
 
-def _write_html(path: str, input_path: str, optimized, report) -> None:
+def _write_html(path: str, input_path: str, optimized, report, verified: bool = True) -> None:
     from onnxrep.io import files as io
     from onnxrep.report import html
 
-    page = html.render(io.load_model(input_path), optimized, report, os.path.basename(input_path))
+    page = html.render(io.load_model(input_path), optimized, report, os.path.basename(input_path), verified)
     try:
         with open(path, "w", encoding="utf-8") as f:
             f.write(page)
