@@ -174,6 +174,16 @@ def test_internal_error_is_one_line(tmp_path, monkeypatch, flags):
         "onnxrep: internal error: RuntimeError: boom (please report it; --debug shows the traceback)"]
 
 
+def test_inspect_internal_error_is_one_line(monkeypatch):
+    def explode(*args, **kwargs):
+        raise RuntimeError("boom")
+    monkeypatch.setattr(api, "optimize", explode)
+    result = CliRunner().invoke(cli.main, ["inspect", str(SAMPLE)])
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.splitlines() == ["onnxrep: internal error: RuntimeError: boom (please report it; "
+                                          "'onnxrep optimize IN OUT --no-verify --debug' shows the traceback)"]
+
+
 def _bad_inputs(tmp_path):
     data = SAMPLE.read_bytes()
     files = {"empty.onnx": b"", "random.onnx": bytes(range(256)) * 4, "truncated.onnx": data[: len(data) // 2]}
