@@ -188,3 +188,20 @@ def test_multiply_adds_count_at_the_sizes_verification_defaults_to():
     sizes = macs.input_sizes(model)
     assert list(sizes.values()) == [(1, 8, 32, 32)]
     assert macs.multiply_adds(model, sizes) * 4 == macs.multiply_adds(model, {k: (2, 8, 64, 32) for k in sizes})
+
+
+def test_rolled_back_rewrites_are_named_under_the_verification(tmp_path):
+    import onnx
+    from helpers import broken_rule
+
+    from onnxrep import api
+    from onnxrep.report import html as page_of
+    from onnxrep.rules import RULES_BY_NAME
+
+    model = onnx.load(SAMPLE)
+    optimized, report = api.optimize(model, rules=(RULES_BY_NAME["fold_conv_affine"], broken_rule()))
+    (tmp_path / "r.html").write_text(page_of.render(model, optimized, report, "r"), encoding="utf-8")
+    page = check_page(tmp_path / "r.html")
+    verdict = page.split('<p class="verdict passed">')[1].split("</p>")[0]
+    assert '8 rewrite(s) rolled back, the model verifies without them: <a href="#rolled-back">' in verdict
+    assert page.count("rolled back: the local check of") == 8 and "Rolled back (8)" in page

@@ -330,7 +330,7 @@ def _totals(report: Report, cost: tuple[int | None, int | None], sizes: dict) ->
     return ("<table class=totals><tr><th></th><th>before</th><th>after</th><th>change</th></tr>"
             + row("nodes", b.nodes, a.nodes, count) + row("parameters", b.params, a.params, count)
             + row("file size", b.size_bytes, a.size_bytes, _size)
-            + row(f"multiply-adds <span class=note>at {escape(at)}</span>", *cost,
+            + row("multiply-adds" + (f" <span class=note>at {escape(at)}</span>" if at else ""), *cost,
                   lambda n: "-" if n is None else f"{n / 1e6:,.2f} M")
             + "</table>")
 
@@ -348,7 +348,9 @@ def _page(title: str, report: Report, blocks: list, verification: str, cost, siz
     head, sep, rest = verification.partition(",")
     out = [f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>onnxrep: {escape(title)}</title>"
            f"<style>{STYLE}</style></head><body><h1>onnxrep: {escape(title)}</h1>"
-           f"<p class=\"verdict {kind}\"><strong>{escape(head)}</strong>{escape(sep + rest)}</p>"]
+           f"<p class=\"verdict {kind}\"><strong>{escape(head)}</strong>{escape(sep + rest)}"
+           + (f"<br>{len(report.dropped)} rewrite(s) rolled back, the model verifies without them: "
+              f"<a href=\"#rolled-back\">which, and why</a>" if report.dropped else "") + "</p>"]
     if report.before and report.after:
         out.append(f"<div class=summary>{_totals(report, cost, sizes)}{_ops(report.before, report.after)}</div>")
     out += [f"<p>{escape(line)}</p>" for line in report.fired_lines()]
