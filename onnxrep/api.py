@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxrep.errors import VerificationFailed
-from onnxrep.io import files
+from onnxrep.errors import UsageError, VerificationFailed
+from onnxrep.io import files, header
 from onnxrep.ir import convert
 from onnxrep.options import Options
 from onnxrep.report.report import ModelStats, Report
@@ -95,6 +95,7 @@ def optimize(model: onnx.ModelProto | gs.Graph | str | os.PathLike, options: Opt
         model = files.load_model(path)
         timings["load"] = time.perf_counter() - start
         before = ModelStats.of(model, _size_on_disk(path, model))
+    _check_input_shapes(options.input_shapes, model)
 
     start = time.perf_counter()
     step("rewrite")
@@ -105,7 +106,7 @@ def optimize(model: onnx.ModelProto | gs.Graph | str | os.PathLike, options: Opt
         loaded = [model]
         del model
         optimized, report = _rewrite(loaded[0], rules, free_model=loaded.clear)
-    timings["optimize"] = time.perf_counter() - start
+    timings["rewrite"] = time.perf_counter() - start
 
     if options.verify:
         start = time.perf_counter()
@@ -128,6 +129,15 @@ def optimize(model: onnx.ModelProto | gs.Graph | str | os.PathLike, options: Opt
         error.report = report
         raise error
     return optimized, report
+
+
+def _check_input_shapes(shapes, model: onnx.ModelProto) -> None:
+    """Before any work: every input shape names an input of the model, with its rank and static dims (a
+    shape that fits nothing would otherwise be ignored, and the verification pass at the default size)."""
+    inputs = header.model_inputs(model) if shapes else {}
+    problems = [p for p in (header.shape_problem(n, s, inputs) for n, s in shapes.items()) if p]
+    if problems:
+        raise UsageError("input_shapes: " + "; ".join(problems))
 
 
 def _verified(model, rules, optimized, report, check_model, step) -> tuple[onnx.ModelProto, Report]:
