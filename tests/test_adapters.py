@@ -39,10 +39,6 @@ MISSING = {
                        "identity + per-channel affine on a MatMul output is priced as a dense matrix",
     "conv_dora.ts": "DoRA's c = m/‖W + s·BA‖ is computed from constants (Gemm, ReduceL2 are not folded); "
                     f"{NO_OP_CAST}",
-    "csp.ts": "a BatchNormalization after a Concat is not split per channel segment",
-    "csp.dynamo": "a BatchNormalization after a Concat is not split per channel segment",
-    "dense.ts": "a BatchNormalization after a Concat is not split per channel segment",
-    "dense.dynamo": "a BatchNormalization after a Concat is not split per channel segment",
 }
 
 
@@ -106,7 +102,7 @@ def test_fixtures_are_what_they_claim():
 
 # --- a BatchNormalization or affine next to a fold-able producer always gets a refusal line ---------
 
-UNEXPLAINED = {"conv_lora.ts", "conv_lora2.ts", "conv_dora.ts", "csp.ts", "csp.dynamo", "dense.ts", "dense.dynamo"}
+UNEXPLAINED = {"conv_lora.ts", "conv_lora2.ts", "conv_dora.ts"}
 
 
 def explain_params():
@@ -185,18 +181,15 @@ def test_broadcasting_constant_after_concat_is_left_alone(shape):
     assert histogram(optimized) == histogram(model)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 21: a BatchNormalization after a Concat is not split per segment")
 def test_bn_after_concat_folds_into_each_segments_conv():
     optimize_and_check(concat_graph(73), {"Conv": 2, "Concat": 1, "Sigmoid": 1})
 
 
-@pytest.mark.xfail(strict=True, reason="issue 21: a per-channel Mul/Add after a Concat is not split per segment")
 def test_per_channel_mul_add_after_concat_folds_into_each_segments_conv():
     model = concat_graph(74, after=[("mul", (1, 10, 1, 1)), ("add", (1, 10, 1, 1))])
     optimize_and_check(model, {"Conv": 2, "Concat": 1, "Sigmoid": 1})
 
 
-@pytest.mark.xfail(strict=True, reason="issue 21: a BatchNormalization after a Concat is not split per segment")
 def test_bn_after_concat_keeps_a_smaller_affine_on_a_segment_that_cannot_fold():
     """DenseNet's cat(x-like part, conv(x)): the relu segment keeps a 6-channel affine, the conv takes its own."""
     model = concat_graph(75, identity_part=True)

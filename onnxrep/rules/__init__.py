@@ -7,6 +7,7 @@ from __future__ import annotations
 from onnxrep.rewrite.contract import Rule
 from onnxrep.rules import (
     fold_bias_pad,
+    fold_concat_affine,
     fold_constants,
     fold_conv_affine,
     fold_pad_conv,
@@ -26,6 +27,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     fold_whole_write.RULE,
     fold_pad_conv.RULE,
     fold_conv_affine.RULE,
+    fold_concat_affine.RULE,
     fold_reshaped_affine.RULE,
     fold_reshapes.RULE,
     fold_bias_pad.RULE,
