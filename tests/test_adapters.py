@@ -220,8 +220,6 @@ def test_qdq_model_stays_correct_and_unmerged(name, kind):
 
 
 @pytest.mark.parametrize("name", list(MANIFEST["qdq"]))
-@pytest.mark.xfail(strict=True, reason="issue 21: quantized branches get no grouped reason (the report says "
-                                       "'a deploy graph already?')")
 def test_qdq_branches_get_one_grouped_reason(name):
     model = onnx.load(FIXTURES / MANIFEST["qdq"][name]["files"]["train"])
     _, report = onnxrep.optimize(model)

@@ -18,6 +18,7 @@ from onnxrep.rules import (
     fold_whole_write,
     merge_concat,
     merge_parallel,
+    quantized_branches,
 )
 
 #: Order matters within a sweep: folding Conv→BN (and other affines) first turns conv-BN branches into
@@ -35,6 +36,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     fold_pre_affine.RULE,
     merge_parallel.RULE,
     merge_concat.RULE,
+    quantized_branches.RULE,
 )
 
 RULES_BY_NAME = {rule.name: rule for rule in DEFAULT_RULES}
