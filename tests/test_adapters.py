@@ -102,19 +102,11 @@ def test_fixtures_are_what_they_claim():
 
 # --- a BatchNormalization or affine next to a fold-able producer always gets a refusal line ---------
 
-UNEXPLAINED = {"conv_lora.ts", "conv_lora2.ts", "conv_dora.ts"}
+CASES = [pytest.param(case, exporter, id=f"{case}.{exporter}")
+         for case, entry in MANIFEST["cases"].items() for exporter in entry["files"]]
 
 
-def explain_params():
-    for case, entry in MANIFEST["cases"].items():
-        for exporter in entry["files"]:
-            key = f"{case}.{exporter}"
-            marks = [pytest.mark.xfail(strict=True, reason="issue 21: a BatchNormalization is left with no "
-                                                            "refusal line")] if key in UNEXPLAINED else []
-            yield pytest.param(case, exporter, id=key, marks=marks)
-
-
-@pytest.mark.parametrize("case,exporter", list(explain_params()))
+@pytest.mark.parametrize("case,exporter", CASES)
 def test_every_batchnorm_left_has_a_refusal_line(case, exporter):
     train, _ = load_pair(case, exporter)
     optimized, report = onnxrep.optimize(train)
