@@ -52,8 +52,9 @@ NAME = "fold_concat_affine"
 
 @dataclass(frozen=True, eq=False)
 class Part:
-    """One operand of the Concat: its channels [start, stop) of the Concat's axis (the whole part for
-    an affine by scalars), and its producer as a linear op when the affine folds into it."""
+    """One operand of the Concat: its channels [start, stop) of the Concat's axis (unused for an
+    affine by scalars: every part takes all of it), and its producer as a linear op when the affine
+    folds into it."""
 
     tensor: gs.Tensor
     start: int
@@ -96,8 +97,11 @@ def _channels(tensor: gs.Tensor, axis: int, ctx: Context) -> int | None:
 
 
 def match(ctx: Context, op: gs.Node) -> ConcatAffine | None:
-    concat = next((p for t in op.inputs if is_op(p := producer(t), "Concat")), None)
-    if concat is None or len(concat.inputs) < 2 or not concat.outputs:
+    computed = [t for t in op.inputs if constant_value(t) is None]
+    if not computed or len(computed) > 1 and not is_op(op, "BatchNormalization"):
+        return None  # constants, or an elementwise op of two computed tensors: no affine
+    concat = producer(op.inputs[0] if is_op(op, "BatchNormalization") else computed[0])
+    if not is_op(concat, "Concat") or len(concat.inputs) < 2:
         return None
     where = f"{concat.name} → {op.name}"
     candidates = [_producer_as_linear(t, ctx) for t in concat.inputs]
@@ -140,9 +144,11 @@ def _parts(concat: gs.Node, candidates: list, found: Affine, axis: int, rank: in
             refusals.append(candidate)
         elif candidate is not None:
             name = candidate.nodes[0].name
-            if not ctx.private(tensor, concat) or sum(t is tensor for t in concat.inputs) > 1:
+            if sum(t is tensor for t in concat.inputs) > 1:
+                refusals.append(Refused("read-elsewhere", f"{name}'s output is read twice by {concat.name}"))
+            elif not ctx.private(tensor, concat):
                 refusals.append(Refused("read-elsewhere", f"{name}'s output is also read by "
-                                                          f"{ctx.readers(tensor, concat) or concat.name}"))
+                                                          f"{ctx.readers(tensor, concat)}"))
             elif not scalar and candidate.layout != Layout(rank, axis):
                 refusals.append(Refused("layout", f"{name}'s channels are axis {candidate.layout.axis} of "
                                                   f"{candidate.layout.rank}, the Concat joins axis {axis} of {rank}"))
@@ -186,9 +192,10 @@ def _check_nodes(parts: tuple[Part, ...], found: Affine, op: gs.Node, concat: gs
     grown = [p for p in parts if p.linear is not None and lower.node_count(
         p.linear.layout, p.linear.spec, p.linear.has_bias or _has_shift(found, p)) > len(p.linear.nodes)]
     if len(kept) + len(grown) > 1:
-        raise Refused("costlier", f"{len(kept)} part(s) of {concat.name} would keep a segment of {op.name} "
-                                  f"({', '.join(p.tensor.name for p in kept)}) and {len(grown)} would gain a bias "
-                                  f"Add: {len(kept) + len(grown)} nodes where there is one")
+        why = [f"{len(kept)} parts of {concat.name} would keep a segment of {op.name} "
+               f"({', '.join(p.tensor.name for p in kept)})"] if kept else []
+        why += [f"{len(grown)} MatMuls would gain a bias Add"] if grown else []
+        raise Refused("costlier", f"{' and '.join(why)}: {len(kept) + len(grown)} nodes where there is one")
 
 
 def _has_shift(found: Affine, part: Part) -> bool:
