@@ -39,10 +39,6 @@ MISSING = {
                        "identity + per-channel affine on a MatMul output is priced as a dense matrix",
     "conv_dora.ts": "DoRA's c = m/‖W + s·BA‖ is computed from constants (Gemm, ReduceL2 are not folded); "
                     f"{NO_OP_CAST}",
-    "csp.ts": "a BatchNormalization after a Concat is not split per channel segment",
-    "csp.dynamo": "a BatchNormalization after a Concat is not split per channel segment",
-    "dense.ts": "a BatchNormalization after a Concat is not split per channel segment",
-    "dense.dynamo": "a BatchNormalization after a Concat is not split per channel segment",
 }
 
 
@@ -106,19 +102,11 @@ def test_fixtures_are_what_they_claim():
 
 # --- a BatchNormalization or affine next to a fold-able producer always gets a refusal line ---------
 
-UNEXPLAINED = {"conv_lora.ts", "conv_lora2.ts", "conv_dora.ts", "csp.ts", "csp.dynamo", "dense.ts", "dense.dynamo"}
+CASES = [pytest.param(case, exporter, id=f"{case}.{exporter}")
+         for case, entry in MANIFEST["cases"].items() for exporter in entry["files"]]
 
 
-def explain_params():
-    for case, entry in MANIFEST["cases"].items():
-        for exporter in entry["files"]:
-            key = f"{case}.{exporter}"
-            marks = [pytest.mark.xfail(strict=True, reason="issue 21: a BatchNormalization is left with no "
-                                                            "refusal line")] if key in UNEXPLAINED else []
-            yield pytest.param(case, exporter, id=key, marks=marks)
-
-
-@pytest.mark.parametrize("case,exporter", list(explain_params()))
+@pytest.mark.parametrize("case,exporter", CASES)
 def test_every_batchnorm_left_has_a_refusal_line(case, exporter):
     train, _ = load_pair(case, exporter)
     optimized, report = onnxrep.optimize(train)
@@ -185,18 +173,15 @@ def test_broadcasting_constant_after_concat_is_left_alone(shape):
     assert histogram(optimized) == histogram(model)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 21: a BatchNormalization after a Concat is not split per segment")
 def test_bn_after_concat_folds_into_each_segments_conv():
     optimize_and_check(concat_graph(73), {"Conv": 2, "Concat": 1, "Sigmoid": 1})
 
 
-@pytest.mark.xfail(strict=True, reason="issue 21: a per-channel Mul/Add after a Concat is not split per segment")
 def test_per_channel_mul_add_after_concat_folds_into_each_segments_conv():
     model = concat_graph(74, after=[("mul", (1, 10, 1, 1)), ("add", (1, 10, 1, 1))])
     optimize_and_check(model, {"Conv": 2, "Concat": 1, "Sigmoid": 1})
 
 
-@pytest.mark.xfail(strict=True, reason="issue 21: a BatchNormalization after a Concat is not split per segment")
 def test_bn_after_concat_keeps_a_smaller_affine_on_a_segment_that_cannot_fold():
     """DenseNet's cat(x-like part, conv(x)): the relu segment keeps a 6-channel affine, the conv takes its own."""
     model = concat_graph(75, identity_part=True)
@@ -227,8 +212,6 @@ def test_qdq_model_stays_correct_and_unmerged(name, kind):
 
 
 @pytest.mark.parametrize("name", list(MANIFEST["qdq"]))
-@pytest.mark.xfail(strict=True, reason="issue 21: quantized branches get no grouped reason (the report says "
-                                       "'a deploy graph already?')")
 def test_qdq_branches_get_one_grouped_reason(name):
     model = onnx.load(FIXTURES / MANIFEST["qdq"][name]["files"]["train"])
     _, report = onnxrep.optimize(model)

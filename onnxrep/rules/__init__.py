@@ -7,6 +7,7 @@ from __future__ import annotations
 from onnxrep.rewrite.contract import Rule
 from onnxrep.rules import (
     fold_bias_pad,
+    fold_concat_affine,
     fold_constants,
     fold_conv_affine,
     fold_pad_conv,
@@ -17,6 +18,7 @@ from onnxrep.rules import (
     fold_whole_write,
     merge_concat,
     merge_parallel,
+    quantized_branches,
 )
 
 #: Order matters within a sweep: folding Conv→BN (and other affines) first turns conv-BN branches into
@@ -26,6 +28,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     fold_whole_write.RULE,
     fold_pad_conv.RULE,
     fold_conv_affine.RULE,
+    fold_concat_affine.RULE,
     fold_reshaped_affine.RULE,
     fold_reshapes.RULE,
     fold_bias_pad.RULE,
@@ -33,6 +36,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     fold_pre_affine.RULE,
     merge_parallel.RULE,
     merge_concat.RULE,
+    quantized_branches.RULE,
 )
 
 RULES_BY_NAME = {rule.name: rule for rule in DEFAULT_RULES}
