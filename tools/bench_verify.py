@@ -27,7 +27,8 @@ import onnx
 import onnxruntime as ort
 
 import onnxrep
-from onnxrep.verify.check import second_size, verify_sizes
+from onnxrep.verify.check import verify_sizes
+from onnxrep.verify.sizes import second_size
 from onnxrep.verify.feeds import make_inputs
 
 ROOT = Path(__file__).resolve().parent.parent
