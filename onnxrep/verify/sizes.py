@@ -337,8 +337,7 @@ def check_sizes(original: onnx.ModelProto, optimized: onnx.ModelProto, changed: 
             except UnsupportedModel as error:
                 failures.append(f"{_describe(candidate)}: {error}")
                 continue
-            why = "second size" + (f", multiples of {step()} ({failures[0].split(': ')[0]} does not run)"
-                                if failures else "")
+            why = f"multiples of {step()}: {failures[0].split(': ')[0]} does not run" if failures else "second size"
             checked.runs.append((result, fed, why))
             sights.append((fed, seen))
             break
