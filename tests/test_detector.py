@@ -111,3 +111,9 @@ def test_shape_readers_of_a_conv_before_its_batchnorm_are_in_the_dynamo_export()
     spans = sorted(tuple(a.i for a in r.attribute if a.name in ("start", "end"))
                    for r in readers[conv.output[0]] if r.op_type == "Shape")
     assert spans in ([(3, 2), (4, 3)], [(2, 3), (3, 4)])
+
+
+def test_no_unknown_shape_refusals_where_shape_inference_knows_them():
+    """TorchScript leaves dist2bbox's Concat ([batch, 2, anchors] operands) without shapes; inference has them."""
+    _, report = onnxrep.optimize(load("ts_hw"), check=False)
+    assert not any("unknown" in f.reason for f in report.refusals), report.format(verbose=True)

@@ -65,7 +65,11 @@ def lift_branch(tensor: gs.Tensor, sign: int, reader: gs.Node, ctx: Context, hin
     Conv branches, for ops whose shapes were not exported.
     """
     node = producer(tensor)
-    lifted = lift.lift(node, ctx, hint_of(tensor_input(node), hints))
+    lifted = lift.lift(node, ctx, hint_of(tensor_input(node), hints, ctx))
+    if isinstance(lifted, Refusal) and "unknown" in lifted.reason:
+        known = "ONNX shape inference fails on this graph" if ctx.inferred == {} else \
+            "ONNX shape inference cannot tell either"
+        return Refusal(f"{lifted.reason}: not in the exported shapes, and {known}")
     if lifted is None or isinstance(lifted, Refusal):
         return lifted
     if not ctx.private(tensor, reader):
@@ -76,7 +80,7 @@ def lift_branch(tensor: gs.Tensor, sign: int, reader: gs.Node, ctx: Context, hin
         inner_node = producer(source)
         inner = None
         if ctx.private(source, reader):
-            inner = lift.lift(inner_node, ctx, hint_of(tensor_input(inner_node), hints))
+            inner = lift.lift(inner_node, ctx, hint_of(tensor_input(inner_node), hints, ctx))
         if inner is None or isinstance(inner, Refusal) or inner.layout != lifted.layout:
             break
         composed = spec.merge_sequential(inner.spec, conv_spec, check_cost=False)
@@ -98,9 +102,9 @@ def tensor_input(node: gs.Node | None) -> gs.Tensor | None:
     return next((t for t in node.inputs if constant_value(t) is None), node.inputs[0])
 
 
-def hint_of(tensor: gs.Tensor | None, hints: Hints) -> Hint:
+def hint_of(tensor: gs.Tensor | None, hints: Hints, ctx: Context | None = None) -> Hint:
     """What is known of a tensor's layout: from the linear ops reading it, else its rank and axis-1
-    channels (from its shape or the ops that make it)."""
+    channels (from its shape or the ops that make it, else, with ``ctx``, ONNX shape inference)."""
     if tensor is None:
         return lift.NO_HINT
     if id(tensor) in hints:
@@ -109,6 +113,11 @@ def hint_of(tensor: gs.Tensor | None, hints: Hints) -> Hint:
     if known is not None:
         return Hint(known[0], known[2])
     rank, channels = _rank_and_channels(tensor)
+    if (rank is None or channels is None) and ctx is not None:
+        inferred = ctx.dims(tensor)  # runs shape inference (once a sweep) when the export left the shape out
+        if inferred is not None:
+            rank = len(inferred) if rank is None else rank
+            channels = channels if channels is not None or len(inferred) < 2 else inferred[1]
     return Hint(Layout.conv(rank - 2) if rank is not None and rank >= 2 else None, channels)
 
 
