@@ -225,10 +225,10 @@ def _verification_line(v: Verification | None) -> str:
     if v.uninformative:
         names = ", ".join(name for name, _ in v.uninformative)
         whys = "; ".join(dict.fromkeys(why for _, why in v.uninformative))
-        parts.append(f"the end-to-end check cannot tell for {names} (one rounding of the weights moves "
-                     f"{'it' if len(v.uninformative) == 1 else 'them'} by as much as "
-                     f"{'it is' if len(v.uninformative) == 1 else 'they are'} large: {whys}): "
-                     "the local checks carry the verification")
+        one = len(v.uninformative) == 1
+        parts.append(f"end-to-end check uninformative for {names}: one rounding of the weights moves "
+                     f"{'it' if one else 'them'} by as much as {'it is' if one else 'they are'} large "
+                     f"({whys}); the local checks carry the verification")
     sizes = [_shapes(shapes) + (f" ({why})" if why not in _PLAIN_SIZES else "")
              for shapes, why in zip(v.sizes, v.size_notes or ("",) * len(v.sizes))]
     parts.append("inputs " + (" and ".join(sizes) if len(sizes) <= 2 else ", ".join(sizes[:-1]) + " and " + sizes[-1]))

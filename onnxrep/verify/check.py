@@ -454,8 +454,8 @@ def _with_uninformative(result: Verification, original: onnx.ModelProto) -> Veri
     why = []
     for name in names:
         found = _selecting_ancestors(original.graph, name.split("[")[0])
-        why.append((name, f"after {', '.join(found)}, which pick among near-tied values" if found else
-                    "the model amplifies one rounding of its weights to the output's own size"))
+        why.append((name, f"after {', '.join(found)}, which pick{'s' if len(found) == 1 else ''} among "
+                          "near-tied values" if found else "the model amplifies one rounding to the output's size"))
     return replace(result, uninformative=tuple(why))
 
 
