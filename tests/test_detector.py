@@ -117,3 +117,22 @@ def test_no_unknown_shape_refusals_where_shape_inference_knows_them():
     """TorchScript leaves dist2bbox's Concat ([batch, 2, anchors] operands) without shapes; inference has them."""
     _, report = onnxrep.optimize(load("ts_hw"), check=False)
     assert not any("unknown" in f.reason for f in report.refusals), report.format(verbose=True)
+
+
+def test_cli_says_what_a_given_input_shape_does_to_the_sizes(tmp_path):
+    from click.testing import CliRunner
+
+    from onnxrep import cli
+
+    runner = CliRunner()
+    help_text = " ".join(runner.invoke(cli.main, ["optimize", "--help"]).output.split())
+    assert "It sets the first size checked; the second, odd size" in help_text and "is still checked" in help_text
+    source = FIXTURES / MANIFEST["files"]["ts_hw"]["train"]
+    result = runner.invoke(cli.main, ["optimize", str(source), str(tmp_path / "out.onnx"),
+                                      "--input-shape", "images:1x3x32x32", "--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "r.json").read_text())["verification"]
+    assert [s["why"] for s in data["sizes"]] == ["as given", "multiples of 32: images=2x3x37x53 does not run"]
+    assert data["other_input_shapes"] == [{"images": [2, 3, 96, 160]}] and data["other_sizes_skipped"] is None
+    assert [u["kernel"] for u in data["unexercised"]] == [[7, 7]]
+    assert "border taps unchecked" in result.output
