@@ -260,10 +260,12 @@ def family_step(model: onnx.ModelProto, inference: ShapeInference) -> int:
 
 
 def larger_size(model: onnx.ModelProto, inference: ShapeInference, missed: list[Window], first: Shapes,
-                step: int) -> tuple[Shapes | None, list[Window]]:
+                step: int, sights=()) -> tuple[Shapes | None, list[Window]]:
     """The smallest size of the model's family (every dynamic dim but the batch at a multiple of
-    ``step``, above the first size's) at which every ``missed`` window that any such size exercises
-    is exercised; and the windows none exercises. Shape inference only: no run."""
+    ``step``, above the first size's) at which every ``missed`` window that such a size exercises is
+    exercised; and the windows none exercises. Found by shape inference (no run); for a window whose
+    input inference cannot size (a TorchScript C2f's Slice of a computed length), by scaling what the
+    runs so far saw (``sights``: (input shapes fed, shapes seen)) of its input."""
     batch = next((s[0] for s in first.values() if s), DEFAULT_BATCH)
     _, declared_sizes = hints(model)
     top = max([LARGEST_SIZE, *declared_sizes])
@@ -274,22 +276,51 @@ def larger_size(model: onnx.ModelProto, inference: ShapeInference, missed: list[
     if not candidates or not missed:
         return None, missed
 
-    def left(size: int, among: list[Window]) -> list[Window]:
+    def status(size: int, among: list[Window]) -> list[bool | None]:
         inferred = inference.at(sized(model, batch, size))
-        return [w for w in among if not w.exercised(inferred.get(w.input, first.get(w.input)))]
+        return [w.exercised(inferred.get(w.input)) for w in among]
 
-    never = left(candidates[-1], missed)
-    target = [w for w in missed if w not in never]
-    if not target:
-        return None, never
-    low, high = -1, len(candidates) - 1  # left(candidates[high], target) is empty
-    while high - low > 1:
-        middle = (low + high) // 2
-        if left(candidates[middle], target):
-            low = middle
+    at_top = status(candidates[-1], missed)
+    target = [w for w, ok in zip(missed, at_top) if ok]
+    floor, never = 0, [w for w, ok in zip(missed, at_top) if ok is False]
+    for window in (w for w, ok in zip(missed, at_top) if ok is None):
+        needed = _scaled(window, model, sights)
+        if needed is None or needed > top:
+            never.append(window)
         else:
+            floor = max(floor, needed)
+    candidates = [c for c in candidates if c >= floor]
+    if not candidates or len(never) == len(missed):
+        return None, missed
+    low, high = -1, len(candidates) - 1  # every target window is exercised at candidates[high]
+    while target and high - low > 1:
+        middle = (low + high) // 2
+        if all(status(candidates[middle], target)):
             high = middle
-    return sized(model, batch, candidates[high]), never
+        else:
+            low = middle
+    return sized(model, batch, candidates[0 if not target else high]), never
+
+
+def _scaled(window: Window, model: onnx.ModelProto, sights) -> int | None:
+    """The input size at which ``window``'s input should reach its smallest exercised size, from the
+    ratio of input size to the window's input size seen in a run (the largest seen, per axis). Only
+    for one data input of the rank of the window's input, whose last dims map to its spatial axes."""
+    rank = len(window.kernel)
+    best: dict[int, tuple[int, int]] = {}
+    for fed, seen in sights:
+        shape = seen.get(window.input)
+        inputs = [s for s in fed.values() if shape is not None and len(s) == len(shape)]
+        if shape is None or len(inputs) != 1:
+            continue
+        for axis in range(rank):
+            dim, size = shape[-rank + axis], inputs[0][-rank + axis]
+            if isinstance(dim, int) and dim > 0 and dim > best.get(axis, (0, 0))[0]:
+                best[axis] = (dim, size)
+    if len(best) != rank:
+        return None
+    needs = window.smallest_input()
+    return max(math.ceil(needs[axis] * size / dim) for axis, (dim, size) in best.items())
 
 
 @dataclass(frozen=True)
@@ -345,7 +376,7 @@ def check_sizes(original: onnx.ModelProto, optimized: onnx.ModelProto, changed: 
             checked.skipped = "; ".join(failures) or None
     missed = _missed(found, sights, inference)
     if missed and not given_shapes and not given_inputs and dynamic_dims(original):
-        larger, _ = larger_size(original, inference(), missed, shapes, step())
+        larger, _ = larger_size(original, inference(), missed, shapes, step(), sights)
         if larger is not None:
             try:
                 result, fed, seen = run(larger)
