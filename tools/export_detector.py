@@ -8,8 +8,9 @@ What a user's Ultralytics export has that the block fixtures (tools/export_fixtu
   feature-pyramid Concat of the upsampled stride-32 level with the stride-16 one: only
   multiples of 32 run (2x3x37x53 fails in the Concat, as on YOLOv8);
 - at the stride-32 level, YOLOv10's RepVGGDW: SiLU(dw7x7 conv-BN + dw3x3 conv-BN), which
-  deploys as one 7x7 depthwise conv. At 32x32 that level is 1x1 and only the merged kernel's
-  centre tap ever meets data;
+  deploys as one 7x7 depthwise conv, on one half of a C2f-style ``chunk`` (TorchScript's Slices
+  of a computed length: ONNX shape inference cannot size what follows). At 32x32 that level is
+  1x1 and only the merged kernel's centre tap ever meets data;
 - a Detect head as Ultralytics writes it: per level, box and class convs concatenated,
   an anchor grid from the level's ``shape[2:]`` (Shape nodes, start=2/end=3 and start=3/end=4),
   dist2bbox (``torch.cat((c_xy, wh), 1)``, the Concat that TorchScript leaves without shapes),
@@ -57,7 +58,7 @@ class TinyDetector(nn.Module):
         super().__init__()
         c = tb.ConvBNAct
         self.p4 = nn.Sequential(c(3, 4, 3, 2), c(4, 8, 3, 2), c(8, 8, 3, 2), c(8, 16, 3, 2))  # stride 16
-        self.p5 = nn.Sequential(c(16, 16, 3, 2), tb.YoloRepVGGDW(16), c(16, 16, 1))            # stride 32
+        self.p5 = nn.Sequential(c(16, 16, 3, 2), C2fRepVGGDW(16), c(24, 16, 1))                 # stride 32
         self.up = nn.Upsample(scale_factor=2, mode="nearest")
         self.fuse4 = c(16 + 16, 16, 1)
         self.no = 4 + classes
@@ -73,6 +74,20 @@ class TinyDetector(nn.Module):
         flat = torch.cat([f.view(f.shape[0], self.no, -1) for f in feats], 2)
         box, cls = flat.split((4, self.no - 4), 1)
         return torch.cat((dist2bbox(box, anchors.unsqueeze(0)) * strides, cls.sigmoid()), 1)
+
+
+class C2fRepVGGDW(nn.Module):
+    """YOLOv10's C2fCIB in brief: the channels split in two halves (``chunk``, which TorchScript
+    exports as Slices of a computed length: shape inference loses the spatial dims there), a RepVGGDW
+    on the second, all three concatenated."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.m = tb.YoloRepVGGDW(channels // 2)
+
+    def forward(self, x):
+        y = list(x.chunk(2, 1))
+        return torch.cat((*y, self.m(y[-1])), 1)
 
 
 def make_anchors(feats, strides, offset: float = 0.5):
