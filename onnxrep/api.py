@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -11,11 +12,14 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxrep.errors import VerificationFailed
-from onnxrep.io import files as io
+from onnxrep.io import files
+from onnxrep.ir import convert
+from onnxrep.options import Options
 from onnxrep.report.report import ModelStats, Report
 from onnxrep.rewrite import engine
-from onnxrep.rules import DEFAULT_RULES, RULES_BY_NAME, Finding, Rule
-from onnxrep.verify.feeds import Inputs
+from onnxrep.rewrite.contract import Rule
+from onnxrep.rewrite.ledger import Rewrite, RolledBack
+from onnxrep.rules import DEFAULT_RULES, RULES_BY_NAME
 
 if TYPE_CHECKING:
     from onnxrep.verify.check import Verification
@@ -39,28 +43,28 @@ def _rewrite(model: onnx.ModelProto, rules, allowed=None, blocked=frozenset(), *
     """Rewrite a copy of ``model``. With ``free_model``, the weights are read out of the proto at
     once and ``free_model`` is called to drop the caller's reference to it: the proto's memory
     is then freed before the rewrite starts (a big model's weights are never held twice)."""
-    report = Report()
     graph = gs.import_onnx(model)
-    overridable = engine.overridable_initializers(model)
+    overridable = convert.overridable_initializers(model)
     original = model
     if free_model is not None:
-        engine.load_weights(graph)
-        original = engine.skeleton(model)
+        convert.load_weights(graph)
+        original = convert.skeleton(model)
         del model
         free_model()
-    engine.rewrite_graph(graph, rules, report, overridable, allowed, blocked)
-    return engine.export(graph, original), report
+    ledger = engine.rewrite_graph(graph, rules, overridable, allowed, blocked)
+    return convert.export(graph, original), Report.of(ledger)
 
 
-def optimize(model: onnx.ModelProto | gs.Graph | str | os.PathLike, *,
-             rules: Sequence[Rule] = DEFAULT_RULES,
-             check: bool = True,
-             input_shapes: dict[str, tuple[int, ...]] | None = None,
-             rtol: float | None = None, atol: float | None = None, seed: int = 0,
+def optimize(model: onnx.ModelProto | gs.Graph | str | os.PathLike, options: Options | None = None, *,
+             rules: Sequence[Rule] | None = None,
              progress: Callable[[str], None] | None = None,
-             inputs: Inputs | None = None,
-             ) -> tuple[onnx.ModelProto, Report]:
+             **fields) -> tuple[onnx.ModelProto, Report]:
     """Re-parameterize ``model`` (a ModelProto, a graphsurgeon Graph or a path) and verify it.
+
+    ``options`` (:class:`onnxrep.options.Options`), or its fields as keyword arguments
+    (``verify=False``, ``input_shapes={"x": (1, 3, 224, 224)}``, ``rtol=``, ``atol=``, ``seed=``,
+    ``inputs=``, ``only=``, ``skip=``), say what to do; ``rules`` replaces the rules ``only``/``skip``
+    select (a tuple of :class:`onnxrep.rules.Rule`).
 
     Verification (:mod:`onnxrep.verify`) checks every rewrite locally and the
     outputs against the model's own noise floor (``rtol``/``atol`` replace the
@@ -74,6 +78,9 @@ def optimize(model: onnx.ModelProto | gs.Graph | str | os.PathLike, *,
     ``inputs`` (input name → array, or a directory of .pb/.npy tensors) replaces the random
     verification inputs.
     """
+    options = dataclasses.replace(options or Options(), **fields)
+    if rules is None:
+        rules = select_rules(options.only, options.skip)
     step = progress or (lambda name: None)
     timings = {}
     start = time.perf_counter()
@@ -85,7 +92,7 @@ def optimize(model: onnx.ModelProto | gs.Graph | str | os.PathLike, *,
     else:
         path = model
         step("load")
-        model = io.load_model(path)
+        model = files.load_model(path)
         timings["load"] = time.perf_counter() - start
         before = ModelStats.of(model, _size_on_disk(path, model))
 
@@ -100,17 +107,17 @@ def optimize(model: onnx.ModelProto | gs.Graph | str | os.PathLike, *,
         optimized, report = _rewrite(loaded[0], rules, free_model=loaded.clear)
     timings["optimize"] = time.perf_counter() - start
 
-    if check:
+    if options.verify:
         start = time.perf_counter()
         step("verify")
         if path is not None:
-            model = io.load_model(path)
+            model = files.load_model(path)
 
         from onnxrep.verify.check import verify_sizes  # onnxruntime is loaded only to verify
 
         def check_model(candidate: onnx.ModelProto) -> Verification:
-            return verify_sizes(model, candidate, input_shapes=input_shapes, rtol=rtol, atol=atol, seed=seed,
-                                feeds=inputs)
+            return verify_sizes(model, candidate, input_shapes=options.input_shapes, tolerance=options.tolerance,
+                                seed=options.seed, feeds=options.inputs)
 
         optimized, report = _verified(model, rules, optimized, report, check_model, step)
         timings["verify"] = time.perf_counter() - start
@@ -127,32 +134,34 @@ def _verified(model, rules, optimized, report, check_model, step) -> tuple[onnx.
     """Verify ``optimized``; while it fails, roll back the culprits (at most MAX_ROLLBACK_ROUNDS
     rounds) and rewrite again. The report gets ``dropped`` and the last ``verification``."""
     verification = check_model(optimized)
-    dropped: list[Finding] = []
-    guessed: list[Finding] = []  # chosen among several rewrites that could be wrong at one tensor
+    dropped: list[RolledBack] = []
+    guessed: list[RolledBack] = []  # chosen among several rewrites that could be wrong at one tensor
     for _ in range(MAX_ROLLBACK_ROUNDS):
         if verification.passed or not report.applied:
             break
-        culprits, guesses = _culprits(model, rules, report.applied, {(f.rule, f.where) for f in dropped},
-                                      verification, check_model)
+        culprits, guesses = _culprits(model, rules, report.applied, _keys(dropped), verification, check_model)
         if not culprits:
             break
-        for finding in culprits:
-            step(f"roll back {finding.rule} at {finding.where}")
+        for culprit in culprits:
+            step(f"roll back {culprit.rule} at {culprit.where}")
         dropped += culprits
         guessed += guesses
-        optimized, report = _rewrite(model, rules, blocked={(f.rule, f.where) for f in dropped})
+        optimized, report = _rewrite(model, rules, blocked=_keys(dropped))
         verification = check_model(optimized)
-    for finding in guessed if verification.passed else ():  # undo a guess the model verifies without
-        others = {(f.rule, f.where) for f in dropped if f is not finding}
-        candidate, candidate_report = _rewrite(model, rules, blocked=others)
+    for guess in guessed if verification.passed else ():  # undo a guess the model verifies without
+        candidate, candidate_report = _rewrite(model, rules, blocked=_keys(d for d in dropped if d is not guess))
         check = check_model(candidate)
         if check.passed:
-            step(f"keep {finding.rule} at {finding.where}")
-            dropped.remove(finding)
+            step(f"keep {guess.rule} at {guess.where}")
+            dropped.remove(guess)
             optimized, report, verification = candidate, candidate_report, check
     report.dropped = dropped
     report.verification = verification
     return optimized, report
+
+
+def _keys(rolled_back) -> set[tuple[str, str, int]]:
+    return {r.rewrite.key for r in rolled_back}
 
 
 def _failure(v: Verification) -> str:
@@ -166,46 +175,47 @@ def _failure(v: Verification) -> str:
     if worst is None:
         return "outputs differ"
     return (f"output {worst.name} differs by {worst.max_abs_error:.3g}, more than the {worst.allowed:.3g} "
-            f"allowed ({v.tolerance})")
+            f"allowed ({v.bound_text})")
 
 
-def _culprits(model, rules, applied, blocked, verification: Verification,
-              check_model) -> tuple[list[Finding], list[Finding]]:
+def _culprits(model, rules, applied: list[Rewrite], blocked, verification: Verification,
+              check_model) -> tuple[list[RolledBack], list[RolledBack]]:
     """The rewrites to roll back, and which of them were guesses.
 
     Per failing local check, the last rewrite applied at its tensor or inside its region (the
-    original's tensors it replaced: a rewrite keyed at a Reshape that is gone can be wrong at the
-    HardSwish after it), all failing checks at once; where several rewrites could be wrong at one
-    tensor (two merge_concat runs on one Concat, a fold and the reshapes around it) the last is a
-    guess, undone at the end if the model verifies without it. When the local checks pass, or name no
-    rewrite, the one that bisection finds.
+    original's tensors between the ones the rewrites read and it: a rewrite whose anchor vanished,
+    a Reshape's, can be wrong at the HardSwish after it), all failing checks at once; a rewrite is
+    found by its anchor, else by the tensors it replaced. Where several rewrites could be wrong at
+    one tensor (two merge_concat runs on one Concat, a fold and the reshapes around it) the last is
+    a guess, undone at the end if the model verifies without it. When the local checks pass, or name
+    no rewrite, the one that bisection finds.
     """
-    culprits: dict[tuple[str, str], tuple[LocalCheck, bool]] = {}
+    culprits: dict[tuple, tuple[Rewrite, LocalCheck, bool]] = {}
+    live = [r for r in applied if r.key not in blocked]
     for check in (c for c in verification.local if not c.passed):
         inside = {check.tensor, *check.region}
-        keys = [(rule, where) for rule, where in applied
-                if where.split("#")[0] in inside and (rule, where) not in blocked]
-        if keys:
-            culprits.setdefault(keys[-1], (check, len(keys) > 1))
+        found = [r for r in live if r.anchor in inside] or [r for r in live if r.touches & inside]
+        if found:
+            culprits.setdefault(found[-1].key, (found[-1], check, len(found) > 1))
     if culprits:
-        findings = {key: Finding(*key, f"rolled back: the local check of {check.tensor} failed (max abs error "
-                                       f"{check.max_abs_error:.3g}, more than float rounding allows)")
-                    for key, (check, _) in culprits.items()}
-        return list(findings.values()), [findings[key] for key, (_, guess) in culprits.items() if guess]
+        rolled = {key: RolledBack(rewrite, f"rolled back: the local check of {check.tensor} failed (max abs error "
+                                           f"{check.max_abs_error:.3g}, more than float rounding allows)")
+                  for key, (rewrite, check, _) in culprits.items()}
+        return list(rolled.values()), [rolled[key] for key, (_, _, guess) in culprits.items() if guess]
     culprit = _first_failing(model, rules, applied, blocked, check_model)
     if culprit is None:
         return [], []
-    return [Finding(*culprit, f"rolled back: the outputs differ with this rewrite ({_failure(verification)})")], []
+    return [RolledBack(culprit, f"rolled back: the outputs differ with this rewrite ({_failure(verification)})")], []
 
 
-def _first_failing(model, rules, applied, blocked, check_model) -> tuple[str, str] | None:
+def _first_failing(model, rules, applied: list[Rewrite], blocked, check_model) -> Rewrite | None:
     """The first rewrite, in applied order, whose inclusion makes verification fail (bisection).
 
     A prefix of the applied rewrites is re-run with only those allowed. None
     when even the empty prefix fails (the failure is not ours to roll back).
     """
     def fails(count: int) -> bool:
-        candidate, _ = _rewrite(model, rules, allowed=set(applied[:count]), blocked=blocked)
+        candidate, _ = _rewrite(model, rules, allowed={r.key for r in applied[:count]}, blocked=blocked)
         return not check_model(candidate).passed
 
     if fails(0):
@@ -223,7 +233,7 @@ def _first_failing(model, rules, applied, blocked, check_model) -> tuple[str, st
 def _size_on_disk(path, model: onnx.ModelProto) -> int:
     """The model file's size plus its external data files' (the loaded model no longer names them)."""
     size = os.path.getsize(path)
-    if io.weight_bytes(model) <= size:
+    if files.weight_bytes(model) <= size:
         return size  # the weights fit in the file itself
     header = onnx.load(path, load_external_data=False)  # small: the weights are elsewhere
     locations = {entry.value for tensor in header.graph.initializer

@@ -22,6 +22,7 @@ from onnxrep.io import header as inputs
 from onnxrep.report import terminal
 
 if TYPE_CHECKING:
+    from onnxrep.options import Options
     from onnxrep.report.report import Report
 
 # onnx, onnxruntime and the rules are imported by the commands that use them: `--help` takes 0.1 s, not 1 s.
@@ -40,13 +41,14 @@ def _parse_shape(value: str) -> tuple[str, tuple[int, ...]]:
     return name, shape
 
 
-def _input_shapes(values: tuple[str, ...]) -> tuple[tuple[str, tuple[int, ...]], ...]:
+def _input_shapes(ctx, param, values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    """The --input-shape values as {input name: shape} (a click callback)."""
     shapes = tuple(_parse_shape(v) for v in values)
     names = [name for name, _ in shapes]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise click.BadParameter(f"{', '.join(twice)} given more than once", param_hint="'--input-shape'")
-    return shapes
+    return dict(shapes)
 
 
 def _check_input_shapes(shapes, input_paths) -> None:
@@ -55,7 +57,7 @@ def _check_input_shapes(shapes, input_paths) -> None:
         model_inputs = inputs.graph_inputs(path)
         if model_inputs is None:
             continue  # not readable as a model: loading it says why, with its own exit code
-        problems = [p for p in (inputs.shape_problem(n, s, model_inputs) for n, s in shapes) if p]
+        problems = [p for p in (inputs.shape_problem(n, s, model_inputs) for n, s in shapes.items()) if p]
         if problems:
             where = f"{path}: " if len(input_paths) > 1 else ""
             raise click.BadParameter(where + "; ".join(problems), param_hint="'--input-shape'")
@@ -89,18 +91,11 @@ class Job:
 
     input_path: str
     output_path: str
-    only: tuple[str, ...] = ()
-    skip: tuple[str, ...] = ()
+    options: Options
     force: bool = False
-    check: bool = True
-    input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
-    rtol: float | None = None  # None: the model's noise floor
-    atol: float | None = None
-    seed: int = 0
     external_data: bool = False
     debug: bool = False
     progress: bool = False
-    inputs: str | None = None
 
 
 @dataclass
@@ -122,25 +117,25 @@ def run_job(job: Job) -> Outcome:
 
 
 def _run_job(job: Job, progress) -> Outcome:
-    from onnxrep.api import optimize, select_rules
+    from onnxrep.api import optimize
     from onnxrep.io import files as io
 
-    tolerances = {k: v for k, v in (("rtol", job.rtol), ("atol", job.atol)) if v is not None}
     try:
         output = io.check_output_path(job.output_path, job.input_path, job.force)
-        model, report = optimize(job.input_path, rules=select_rules(job.only, job.skip), check=job.check,
-                                 input_shapes=dict(job.input_shapes), seed=job.seed, progress=progress,
-                                 inputs=job.inputs, **tolerances)
+        model, report = optimize(job.input_path, job.options, progress=progress)
         if progress is not None:
             progress("save")
         start = time.perf_counter()
         written = io.save_model(model, output, external_data=job.external_data)
         report.seconds["save"] = time.perf_counter() - start
         report.after = dataclasses.replace(report.after, size_bytes=written)
+        if job.debug:
+            for trace in report.rule_errors:
+                click.echo(trace, err=True)
         return Outcome(job, 0, None, report)
     except OnnxrepError as error:
         message = f"onnxrep: error: {error}"
-        if isinstance(error, UnsupportedModel) and job.check and str(error).startswith(
+        if isinstance(error, UnsupportedModel) and job.options.verify and str(error).startswith(
                 ("onnxruntime cannot run", "cannot invent")):
             message += "; cannot verify the result, nothing written (--no-verify skips the check)"
         return Outcome(job, error.exit_code, message, getattr(error, "report", None))
@@ -206,19 +201,19 @@ def _below(path: Path, directory: Path) -> bool:
               help="Batch mode: also look for *.onnx below the directory INs, keeping their paths under OUTDIR.")
 @click.option("-j", "--jobs", type=click.IntRange(1), help="Batch mode: worker processes (default: CPUs).")
 @click.option("--force", is_flag=True, help="Allow OUT to be the same file as IN.")
-@click.option("--no-verify", is_flag=True, help="Skip the onnxruntime comparison.")
-@click.option("--rtol", type=float,
+@click.option("--no-verify", "verify", flag_value=False, default=True, help="Skip the onnxruntime comparison.")
+@click.option("--rtol", type=click.FloatRange(min=0),
               help="Relative tolerance of the outputs, instead of the model's measured noise floor.")
-@click.option("--atol", type=float,
+@click.option("--atol", type=click.FloatRange(min=0),
               help="Absolute tolerance of the outputs, times each output's largest magnitude "
                    "(instead of the noise floor).")
-@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:DxD..",
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:DxD..", callback=_input_shapes,
               help="Shape for an input with dynamic dims during verification (repeatable). It sets the "
                    "first size checked; the second, odd size (batch 2, odd sizes or odd multiples of the "
                    "model's stride) is still checked, but no larger size is added for taps of rewritten "
                    "convs that met no data: the report names those.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
-@click.option("--inputs", "inputs_dir", metavar="DIR", type=click.Path(path_type=str),
+@click.option("--inputs", metavar="DIR", type=click.Path(path_type=str),
               help="Verify on these inputs instead of random ones: .pb TensorProtos (matched to inputs by "
                    "name, else in order: input_0.pb, input_1.pb, ...) or NAME.npy files.")
 @click.option("--only", multiple=True, metavar="RULE", help="Run only this rule (repeatable).")
@@ -231,36 +226,35 @@ def _below(path: Path, directory: Path) -> bool:
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("-v", "--verbose", is_flag=True, help="List every rewrite and every refusal.")
 @click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
-def optimize_command(paths, output_dir, recursive, jobs, force, no_verify, rtol, atol, input_shapes, seed,
-                     inputs_dir, only, skip, external_data, json_path, html_path, quiet, verbose, debug) -> None:
+def optimize_command(paths, output_dir, recursive, jobs, json_path, html_path, quiet, verbose,
+                     **params) -> None:
     """Re-parameterize IN and write the verified result to OUT (or many INs into OUTDIR)."""
     from onnxrep.api import select_rules
+    from onnxrep.options import Options
 
+    options = Options.take(params)  # the rest of params: force, external_data, debug (Job's fields)
     try:
-        select_rules(only, skip)
+        select_rules(options.only, options.skip)
     except ValueError as error:
         raise click.BadParameter(str(error)) from None
-    options = dict(only=tuple(only), skip=tuple(skip), force=force, check=not no_verify,
-                   input_shapes=_input_shapes(input_shapes), rtol=rtol, atol=atol,
-                   seed=seed, external_data=external_data, debug=debug, inputs=inputs_dir)
     if output_dir is not None:
         if html_path:
             raise click.UsageError("--html draws one model: give IN and OUT, or run inspect --html on each")
-        _run_batch(paths, Path(output_dir), recursive, jobs, options, json_path, quiet)
+        _run_batch(paths, Path(output_dir), recursive, jobs, options, params, json_path, quiet)
         return
     if len(paths) != 2:
         raise click.UsageError("give IN and OUT, or several INs with -o OUTDIR")
     if recursive:
         raise click.UsageError("-r applies to batch mode: give -o OUTDIR")
-    _run_single(*paths, options, json_path, html_path, quiet, verbose)
+    _run_single(*paths, options, params, json_path, html_path, quiet, verbose)
 
 
-def _run_single(input_path, output_path, options, json_path, html_path, quiet, verbose) -> None:
-    _check_input_shapes(options["input_shapes"], [input_path])
+def _run_single(input_path, output_path, options: Options, params, json_path, html_path, quiet, verbose) -> None:
+    _check_input_shapes(options.input_shapes, [input_path])
     _check_json_path(json_path, [input_path], [output_path])
     _check_json_path(html_path, [input_path], [output_path, *([json_path] if json_path else [])], "--html")
     show = not quiet and sys.stderr.isatty()  # plain output, no control codes, in pipes and logs
-    outcome = run_job(Job(input_path, output_path, progress=show, **options))
+    outcome = run_job(Job(input_path, output_path, options, progress=show, **params))
     if outcome.report is not None and not quiet and (outcome.code == 0 or verbose or outcome.code == 9):
         click.echo(outcome.report.format(verbose), err=outcome.code != 0)
     if outcome.code:
@@ -277,12 +271,12 @@ def _run_single(input_path, output_path, options, json_path, html_path, quiet, v
         click.echo(f"wrote {output_path}")
 
 
-def _run_batch(paths, output_dir: Path, recursive, jobs, options, json_path, quiet) -> None:
+def _run_batch(paths, output_dir: Path, recursive, jobs, options: Options, params, json_path, quiet) -> None:
     pairs = _batch_pairs(paths, output_dir, recursive)
     if not pairs:
         raise click.UsageError("no .onnx files among the inputs" + ("" if recursive else " (-r looks below)"))
-    _check_input_shapes(options["input_shapes"], [str(source) for source, _ in pairs])
-    batch = [Job(str(source), str(target), **options) for source, target in pairs]
+    _check_input_shapes(options.input_shapes, [str(source) for source, _ in pairs])
+    batch = [Job(str(source), str(target), options, **params) for source, target in pairs]
     _check_json_path(json_path, [j.input_path for j in batch], [j.output_path for j in batch])
     try:
         for directory in sorted({target.parent for _, target in pairs}):
@@ -347,7 +341,7 @@ def inspect_command(input_path, only, skip, json_path, html_path, verbose) -> No
     _check_json_path(json_path, [input_path])
     _check_json_path(html_path, [input_path], [json_path] if json_path else [], "--html")
     try:
-        optimized, report = optimize(input_path, rules=rules, check=False)
+        optimized, report = optimize(input_path, rules=rules, verify=False)
     except OnnxrepError as error:
         click.echo(f"onnxrep: error: {error}", err=True)
         sys.exit(error.exit_code)
@@ -363,8 +357,7 @@ def inspect_command(input_path, only, skip, json_path, html_path, verbose) -> No
         click.echo(line)
     if json_path:
         with open(json_path, "w") as f:
-            json.dump({"rewrites": [{"rule": r, "tensor": t, "node": report.applied_at.get((r, t))}
-                                    for r, t in report.applied],
+            json.dump({"rewrites": [{"rule": r.rule, "tensor": r.anchor, "node": r.node} for r in report.applied],
                        **{k: v for k, v in report.to_dict().items() if k in ("before", "after", "refusals")}},
                       f, indent=2)
     if html_path:

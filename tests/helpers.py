@@ -66,15 +66,16 @@ def reasons(report) -> str:
 def altered_rule(name: str, alter, only: str | None = None):
     """merge_parallel made wrong on purpose: ``alter(spec, branches)`` replaces each merged spec
     (all of them, or the one writing ``only``)."""
-    from onnxrep.rules import Rule, merge_parallel
+    from onnxrep.rewrite.contract import Rule
+    from onnxrep.rules import merge_parallel
 
-    def find(ctx):
-        for item in merge_parallel.find(ctx):
-            if hasattr(item, "merges") and only in (None, item.output):
-                merges = tuple((alter(spec, branches), branches) for spec, branches in item.merges)
-                item = merge_parallel.Join(item.root, item.joins, merges, item.rest)
-            yield item
-    return Rule(name, f"merge_parallel, {name}", find, merge_parallel.rewrite)
+    def match(ctx, node):
+        item = merge_parallel.match(ctx, node)
+        if item is not None and only in (None, item.output):
+            merges = tuple((alter(spec, branches), branches) for spec, branches in item.merges)
+            item = merge_parallel.Join(item.root, item.joins, merges, item.rest)
+        return item
+    return Rule(name, f"merge_parallel, {name}", merge_parallel.RULE.anchors, match, merge_parallel.build)
 
 
 def scaled_rule(factor: float):
@@ -88,3 +89,8 @@ def scaled_rule(factor: float):
 def broken_rule(only: str | None = None):
     """merge_parallel made wrong on purpose: it negates merged convs (all, or the one writing ``only``)."""
     return altered_rule("broken", lambda spec, _: spec.negated(), only)
+
+
+def codes(report) -> set[str]:
+    """The stable codes of the refusals (onnxrep.refusal.CODES)."""
+    return {f.code for f in report.refusals}

@@ -78,12 +78,9 @@ def test_a_given_input_shape_keeps_the_second_size_and_names_what_it_leaves_unch
     assert list(data["unexercised"][0]["needs"]) == [4, 4] and data["sizes"][0]["why"] == "as given"
 
 
-@pytest.mark.parametrize("variant", [
-    "ts_hw",
-    pytest.param("dynamo_hw", marks=pytest.mark.xfail(
-        strict=True, reason="issue 22 item 2: shape readers move with the rule contract")),
-])
+@pytest.mark.parametrize("variant", ["ts_hw", "dynamo_hw"])
 def test_detector_folds_to_its_deploy_twin(variant):
+    """Both exports, dynamo's BatchNorms with Shape readers of their conv too (issue 22 item 2)."""
     train, deploy = load(variant), load(variant, "deploy")
     optimized, report = onnxrep.optimize(train)
     assert report.verification.passed and not report.dropped, report.format()
@@ -115,7 +112,7 @@ def test_shape_readers_of_a_conv_before_its_batchnorm_are_in_the_dynamo_export()
 
 def test_no_unknown_shape_refusals_where_shape_inference_knows_them():
     """TorchScript leaves dist2bbox's Concat ([batch, 2, anchors] operands) without shapes; inference has them."""
-    _, report = onnxrep.optimize(load("ts_hw"), check=False)
+    _, report = onnxrep.optimize(load("ts_hw"), verify=False)
     assert not any("unknown" in f.reason for f in report.refusals), report.format(verbose=True)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import histogram, optimize_and_check, reasons
+from helpers import codes, histogram, optimize_and_check, reasons
 from onnx import TensorProto, helper
 
 from onnxrep.api import select_rules
@@ -57,7 +57,7 @@ def test_refuses_conv_output_read_elsewhere():
     b.output(b.op("Add", b.bn(conv), b.op("Relu", conv)))
     optimized, report = optimize_and_check(b.model(), {"Conv": 1, "BatchNormalization": 1, "Relu": 1,
                                                        "Add": 1}, **ONLY)
-    assert "also read by" in reasons(report)
+    assert "also read by" in reasons(report) and "read-elsewhere" in codes(report)
 
 
 def test_refuses_conv_output_that_is_a_graph_output():
@@ -80,7 +80,7 @@ def test_refuses_weight_that_is_a_graph_input():
     feeds = {"x": rng.standard_normal((1, 4, 8, 8)).astype(np.float32),
              "w": rng.standard_normal((4, 4, 3, 3)).astype(np.float32)}
     _, report = optimize_and_check(model, {"Conv": 1, "BatchNormalization": 1}, feeds=feeds, **ONLY)
-    assert "graph input" in reasons(report)
+    assert "graph input" in reasons(report) and "graph-input" in codes(report)
 
 
 def test_refuses_initializer_that_is_also_a_graph_input():
@@ -91,7 +91,7 @@ def test_refuses_initializer_that_is_also_a_graph_input():
     weight = next(i for i in model.graph.initializer if i.dims == [4, 4, 3, 3])
     model.graph.input.append(helper.make_tensor_value_info(weight.name, TensorProto.FLOAT, weight.dims))
     optimized, report = optimize_and_check(model, {"Conv": 1, "BatchNormalization": 1}, **ONLY)
-    assert "graph input" in reasons(report)
+    assert "graph input" in reasons(report) and "graph-input" in codes(report)
 
 
 def test_refuses_shared_weight_and_never_edits_it():
@@ -105,7 +105,7 @@ def test_refuses_shared_weight_and_never_edits_it():
     b.output(b.bn(y1))
     b.output(y2)
     optimized, report = optimize_and_check(b.model(), {"Conv": 2, "BatchNormalization": 1}, **ONLY)
-    assert "shared" in reasons(report)
+    assert "shared" in reasons(report) and "shared-weight" in codes(report)
     kept = next(i for i in optimized.graph.initializer if i.name == "shared_w")
     np.testing.assert_array_equal(np.frombuffer(kept.raw_data, np.float32).reshape(w.shape), w)
 
@@ -115,9 +115,9 @@ def test_refuses_training_mode_bn():
     y = b.node("BatchNormalization", [conv, *[b.constant(p) for p in b.bn_params(4)]], training_mode=1)
     b.output(y)
     model = b.model(opset=15)
-    optimized, report = __import__("onnxrep").optimize(model, check=False, **ONLY)
+    optimized, report = __import__("onnxrep").optimize(model, verify=False, **ONLY)
     assert histogram(optimized) == {"Conv": 1, "BatchNormalization": 1}
-    assert "training mode" in reasons(report)
+    assert "training mode" in reasons(report) and "training-mode" in codes(report)
 
 
 def test_refuses_non_constant_bn_parameters():
@@ -128,7 +128,7 @@ def test_refuses_non_constant_bn_parameters():
     model = b.model()
     feeds = {"x": np.ones((1, 4, 8, 8), np.float32), "mean": np.arange(4, dtype=np.float32)}
     _, report = optimize_and_check(model, {"Conv": 1, "BatchNormalization": 1}, feeds=feeds, **ONLY)
-    assert "graph input" in reasons(report)
+    assert "graph input" in reasons(report) and "graph-input" in codes(report)
 
 
 def test_preserves_io_names_dynamic_dims_opset_and_metadata():

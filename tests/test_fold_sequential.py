@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from helpers import optimize_and_check, reasons
+from helpers import codes, optimize_and_check, reasons
 
 from onnxrep.api import select_rules
 from onnxrep.testing import GraphBuilder
@@ -69,7 +69,7 @@ def test_refuses_intermediate_read_elsewhere():
     b.output(b.conv(t, 8, 3, pads=Z))
     b.output(b.op("Relu", t))
     _, report = optimize_and_check(b.model(), {"Conv": 2, "Relu": 1}, **ONLY)
-    assert "also read by" in reasons(report)
+    assert "also read by" in reasons(report) and "read-elsewhere" in codes(report)
 
 
 def test_kxk_chains_are_no_candidates():
@@ -90,4 +90,4 @@ def test_the_mul_that_closes_a_gelu_is_left_for_the_runtime_to_fuse(inner):
     gelu = b.op("Mul", b.op("Mul", x, one_plus), b.constant(np.array(0.5, np.float32)))
     b.output(b.conv(gelu, 8, 1))
     _, report = optimize_and_check(b.model(), {"Conv": 2, "Div": 1, inner: 1, "Add": 1, "Mul": 2})
-    assert "closes a GELU" in reasons(report)
+    assert "closes a GELU" in reasons(report) and "fused-pattern" in codes(report)

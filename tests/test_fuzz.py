@@ -533,7 +533,7 @@ def check(built: Built, seed: int) -> tuple[onnx.ModelProto, object]:
         want, got = want.astype(np.float64), got.astype(np.float64)
         scale = max(float(np.abs(want).max()), 1e-12)
         np.testing.assert_allclose(got, want, rtol=rtol, atol=atol * scale)
-    _, again = onnxrep.optimize(optimized, check=False)
+    _, again = onnxrep.optimize(optimized, verify=False)
     assert not again.fired, f"not idempotent: a second run fired {dict(again.fired)}"
     return optimized, report
 

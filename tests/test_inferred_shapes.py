@@ -30,14 +30,14 @@ def _concat_of_two_affines(shape_from_input: bool) -> onnx.ModelProto:
 
 
 def test_a_layout_shape_inference_knows_is_not_refused_as_unknown():
-    _, report = onnxrep.optimize(_concat_of_two_affines(shape_from_input=False), check=False)
+    _, report = onnxrep.optimize(_concat_of_two_affines(shape_from_input=False), verify=False)
     reasons = [f.reason for f in report.refusals]
     assert reasons and not any("unknown" in r for r in reasons), reasons  # refused for what it is: its cost
     assert any("would cost" in r for r in reasons)
 
 
 def test_an_unknown_layout_says_that_shape_inference_cannot_tell_either():
-    _, report = onnxrep.optimize(_concat_of_two_affines(shape_from_input=True), check=False)
+    _, report = onnxrep.optimize(_concat_of_two_affines(shape_from_input=True), verify=False)
     assert [f.reason for f in report.refusals] == [
         f"the layout or channel count of {name}'s input is unknown: not in the exported shapes, "
         "and ONNX shape inference cannot tell either" for name in ("half", "triple")]

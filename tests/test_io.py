@@ -52,7 +52,7 @@ def test_weights_of_every_type_survive_a_run_from_a_path(tmp_path):
     model = _assorted_model()
     path = tmp_path / "m.onnx"
     onnx.save(model, path)
-    optimized, report = onnxrep.optimize(path, check=False)
+    optimized, report = onnxrep.optimize(path, verify=False)
     assert report.fired["merge_parallel"] == 1
     kept = {t.name: t for t in optimized.graph.initializer}
     for tensor in model.graph.initializer[-5:]:  # same type, shape and values (typed fields may become raw)

@@ -5,7 +5,7 @@ written back as MatMul + Add (as a Gemm on rank-2 inputs)."""
 from __future__ import annotations
 
 import numpy as np
-from helpers import optimize_and_check, reasons
+from helpers import codes, optimize_and_check, reasons
 
 from onnxrep.testing import GraphBuilder
 
@@ -97,7 +97,7 @@ def test_refuses_bias_on_the_wrong_axis():
     y = b.node("Add", [linear(b, x, bias=False), vector(b, (T, 1))])
     b.output(b.node("Mul", [y, vector(b, (OUT,))]))
     _, report = optimize_and_check(b.model(), {"MatMul": 1, "Add": 1, "Mul": 1})
-    assert "not per-channel" in reasons(report)
+    assert "not per-channel" in reasons(report) and "not-per-channel" in codes(report)
 
 
 def test_refuses_batchnorm_of_the_token_axis():
@@ -107,7 +107,7 @@ def test_refuses_batchnorm_of_the_token_axis():
     b.channels[y] = OUT
     b.output(b.bn(y))
     _, report = optimize_and_check(b.model(), {"MatMul": 1, "Add": 1, "BatchNormalization": 1})
-    assert "not per-channel" in reasons(report)
+    assert "not per-channel" in reasons(report) and "not-per-channel" in codes(report)
 
 
 def test_refuses_shared_weight():
@@ -117,4 +117,4 @@ def test_refuses_shared_weight():
     b.output(b.node("Mul", [y, vector(b, (C,))]))
     b.output(b.node("MatMul", [x, w]))
     _, report = optimize_and_check(b.model(), {"MatMul": 2, "Mul": 1})
-    assert "shared" in reasons(report)
+    assert "shared" in reasons(report) and "shared-weight" in codes(report)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import optimize_and_check, reasons
+from helpers import codes, optimize_and_check, reasons
 
 from onnxrep.testing import GraphBuilder
 
@@ -140,7 +140,7 @@ def test_refuses_non_constant_weight_but_merges_the_rest():
     feeds = {"x": rng.standard_normal((1, C, 8, 8)).astype(np.float32),
              "w": rng.standard_normal((C, C, 3, 3)).astype(np.float32)}
     _, report = optimize_and_check(b.model(), {"Conv": 2, "Add": 1}, feeds=feeds)
-    assert "graph input" in reasons(report)
+    assert "graph input" in reasons(report) and "graph-input" in codes(report)
 
 
 def test_refuses_shared_weight():
@@ -183,8 +183,8 @@ def test_refuses_training_mode_bn_branch():
     x = b.input("x", [1, C, 8, 8])
     bn = b.node("BatchNormalization", [x, *[b.constant(p) for p in b.bn_params(C)]], training_mode=1)
     b.output(b.op("Add", b.conv(x, C, 3), bn))
-    _, report = __import__("onnxrep").optimize(b.model(opset=15), check=False)
-    assert "training mode" in reasons(report)
+    _, report = __import__("onnxrep").optimize(b.model(opset=15), verify=False)
+    assert "training mode" in reasons(report) and "training-mode" in codes(report)
 
 
 def test_refuses_add_that_broadcasts_channels():

@@ -3,7 +3,7 @@ merge_pre_bn) folds into it when exact: the conv does not zero-pad what the shif
 
 from __future__ import annotations
 
-from helpers import optimize_and_check, reasons
+from helpers import codes, optimize_and_check, reasons
 from test_matmul import linear, tokens, vector
 
 from onnxrep.testing import GraphBuilder
@@ -35,7 +35,7 @@ def test_refuses_shift_before_a_padded_conv():
     b.channels[x] = 6
     b.output(b.conv(b.bn(x), 5, 3))
     _, report = optimize_and_check(b.model(), {"BatchNormalization": 1, "Conv": 1})
-    assert "pads with zeros" in reasons(report)
+    assert "pads with zeros" in reasons(report) and "not-exact" in codes(report)
 
 
 def test_affine_before_a_linear_on_tokens():
@@ -60,7 +60,7 @@ def test_refuses_bn_read_elsewhere():
     b.output(b.conv(normed, 5, 1, pads=[0, 0, 0, 0]))
     b.output(b.op("Relu", normed))
     _, report = optimize_and_check(b.model(), {"BatchNormalization": 1, "Conv": 1, "Relu": 1})
-    assert "also read by" in reasons(report)
+    assert "also read by" in reasons(report) and "read-elsewhere" in codes(report)
 
 
 def test_bn_whose_mean_another_node_reads_folds_into_a_private_copy():
@@ -86,4 +86,4 @@ def test_refuses_bn_whose_statistics_are_computed_in_training_mode():
     b.output(b.conv(normed, 5, 1, pads=[0, 0, 0, 0]))
     b.output(b.op("Add", mean, var))
     _, report = optimize_and_check(b.model(), {"BatchNormalization": 1, "Conv": 1, "Add": 1})
-    assert "training mode" in reasons(report)
+    assert "training mode" in reasons(report) and "training-mode" in codes(report)

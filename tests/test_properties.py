@@ -90,7 +90,7 @@ def check_equivalent(model):
     feeds = random_feeds(model, seed=11)
     for want, got in zip(run(model, feeds), run(optimized, feeds), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * max(float(np.abs(want).max()), 1e-6))
-    again, second = onnxrep.optimize(optimized, check=False)
+    again, second = onnxrep.optimize(optimized, verify=False)
     assert not second.fired, second.fired  # idempotent
     return optimized, report
 

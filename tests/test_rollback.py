@@ -18,15 +18,15 @@ FOLD = RULES_BY_NAME["fold_conv_affine"]
 
 
 def merge_outputs() -> list[str]:
-    _, report = onnxrep.optimize(SAMPLE, check=False)
-    return [out for rule, out in report.applied if rule == "merge_parallel"]
+    _, report = onnxrep.optimize(SAMPLE, verify=False)
+    return [r.anchor for r in report.applied if r.rule == "merge_parallel"]
 
 
 def test_only_the_broken_rewrite_is_dropped():
     target = merge_outputs()[3]
     optimized, report = onnxrep.optimize(SAMPLE, rules=(FOLD, broken_rule(only=target)))
     assert report.verification.passed
-    assert [(f.rule, f.where) for f in report.dropped] == [("broken", target)]
+    assert [(f.rule, f.rewrite.anchor) for f in report.dropped] == [("broken", target)]
     assert "rolled back" in report.dropped[0].reason
     assert report.fired["broken"] == 7
     # the block around the dropped merge keeps its conv-BN folds and its Adds
@@ -69,24 +69,25 @@ def test_intermediate_tensors_catch_what_an_argmax_hides():
 
 def test_two_merges_at_one_concat_roll_back_apart():
     """Two merge_concat runs on one Concat write one tensor: rolling back the (broken) second keeps
-    the first. Each applied rewrite has its own key: the second at a tensor is ``name#2``."""
-    from onnxrep.rules import Rule, merge_concat
+    the first. Each applied rewrite has its own key: the second at a tensor has ordinal 2."""
+    from onnxrep.rewrite.contract import Rule
+    from onnxrep.rules import merge_concat
     from onnxrep.testing import GraphBuilder
 
     b = GraphBuilder(63)
     x, y = b.input("x", [1, 4, 7, 7]), b.input("y", [1, 4, 7, 7])
     b.output(b.node("Concat", [b.conv(x, 3, 3), b.conv(x, 2, 3), b.conv(y, 3, 3), b.conv(y, 2, 3)], axis=1))
 
-    def find(ctx):
-        for item in merge_concat.find(ctx):
-            if isinstance(item, merge_concat.ConcatRun) and item.branches[0].source.name == "y":
-                item = merge_concat.ConcatRun(item.concat, item.start, item.branches, item.merged.negated())
-            yield item
+    def match(ctx, node):
+        item = merge_concat.match(ctx, node)
+        if item is not None and item.branches[0].source.name == "y":
+            item = merge_concat.ConcatRun(item.concat, item.start, item.branches, item.merged.negated())
+        return item
 
-    broken = Rule("broken", "negates the second stacked conv", find, merge_concat.rewrite)
+    broken = Rule("broken", "negates the second stacked conv", ("Concat",), match, merge_concat.build)
     optimized, report = onnxrep.optimize(b.model(), rules=(broken,))
     concat = optimized.graph.output[0].name
     assert report.verification.passed
-    assert [(f.rule, f.where) for f in report.dropped] == [("broken", f"{concat}#2")]
-    assert report.applied == [("broken", concat)]
+    assert [(f.rule, f.rewrite.anchor, f.rewrite.ordinal) for f in report.dropped] == [("broken", concat, 2)]
+    assert [r.key for r in report.applied] == [("broken", concat, 1)]
     assert histogram(optimized) == {"Conv": 3, "Concat": 1}

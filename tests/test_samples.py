@@ -46,6 +46,6 @@ def test_deploy_twin_passes_the_output_check(name):
 
 @pytest.mark.parametrize("name", SAMPLES)
 def test_idempotent(name):
-    once, _ = onnxrep.optimize(MODELS / f"{name}.train.onnx", check=False)
-    twice, report = onnxrep.optimize(once, check=False)
+    once, _ = onnxrep.optimize(MODELS / f"{name}.train.onnx", verify=False)
+    twice, report = onnxrep.optimize(once, verify=False)
     assert not report.fired and histogram(twice) == histogram(once)

@@ -25,6 +25,7 @@ from onnxrep.ir import affine
 from onnxrep.rules import RULES_BY_NAME
 from onnxrep.verify import local as local_check
 from onnxrep.verify.check import perturbed_weights, verify
+from onnxrep.verify.tolerance import Tolerance
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 FOLD = RULES_BY_NAME["fold_conv_affine"]
@@ -59,26 +60,24 @@ def test_noise_floor_accepts_the_deploy_twin_and_rejects_a_wrong_one(stack, monk
     """Forced onto the noise floor (no allowance for the outputs' own rounding): the exact deploy
     twin passes; the same twin with its last layer off by 10% does not. (An early layer off by 1%
     may not show at all at the output of this stack: that is what the local checks are for.)"""
-    from onnxrep.verify import check as verification
-
-    monkeypatch.setattr(verification, "OUTPUT_ROUNDING", 0.0)
+    no_rounding = Tolerance(rounding_factor=0.0)
     train, deploy = stack
-    result = verify(train, deploy, local=False)
-    assert result.passed and result.tolerance == "noise floor" and result.noise_floor > 0
+    result = verify(train, deploy, local=False, tolerance=no_rounding)
+    assert result.passed and result.bound_text == "noise floor" and result.noise_floor > 0
     wrong = onnx.ModelProto()
     wrong.CopyFrom(deploy)
     weight = [t for t in wrong.graph.initializer if len(t.dims) == 4][-1]
     array = onnx.numpy_helper.to_array(weight) * 1.1
     weight.CopyFrom(onnx.numpy_helper.from_array(array, weight.name))
-    assert not verify(train, wrong, local=False).passed
+    assert not verify(train, wrong, local=False, tolerance=no_rounding).passed
 
 
 def test_deep_stack_drifts_beyond_a_fixed_tolerance_but_passes():
     """What the old fixed tolerance measured was float noise: drift deep in the stack exceeds
     rtol=1e-6 while the noise floor accepts it."""
     train, deploy = mobileone_stack(blocks=32)
-    strict = verify(train, deploy, local=False, rtol=1e-7, atol=1e-7)
-    assert not strict.passed and strict.tolerance == "rtol 1e-07, atol 1e-07"
+    strict = verify(train, deploy, local=False, tolerance=Tolerance(rtol=1e-7, atol=1e-7))
+    assert not strict.passed and strict.bound_text == "rtol 1e-07, atol 1e-07"
     assert verify(train, deploy, local=False).passed
 
 
@@ -172,10 +171,10 @@ def test_bisection_still_finds_a_culprit_the_local_checks_cannot_see(monkeypatch
     still find the one broken merge."""
     monkeypatch.setattr(local_check, "plan", lambda original, optimized: local_check.Plan())
     model = onnx.load(MODELS / "repvgg.train.onnx")
-    _, clean = onnxrep.optimize(model, check=False)
-    target = [out for rule, out in clean.applied if rule == "merge_parallel"][2]
+    _, clean = onnxrep.optimize(model, verify=False)
+    target = [r.anchor for r in clean.applied if r.rule == "merge_parallel"][2]
     _, report = onnxrep.optimize(model, rules=(FOLD, altered_rule("broken", _shift_tap, only=target)))
-    assert [(f.rule, f.where) for f in report.dropped] == [("broken", target)]
+    assert [(f.rule, f.rewrite.anchor) for f in report.dropped] == [("broken", target)]
     assert "outputs differ" in report.dropped[0].reason and report.verification.passed
 
 
@@ -189,7 +188,7 @@ def test_report_states_both_checks():
 
 def test_rtol_and_atol_override_the_noise_floor():
     _, report = onnxrep.optimize(MODELS / "repvgg.train.onnx", rtol=1e-3, atol=1e-4)
-    assert report.verification.passed and report.verification.tolerance == "rtol 0.001, atol 0.0001"
+    assert report.verification.passed and report.verification.bound_text == "rtol 0.001, atol 0.0001"
     assert ", rtol 0.001, atol 0.0001)" in report.format()
 
 
@@ -221,7 +220,7 @@ def test_noise_run_leaves_scalars_and_shape_constants_alone():
 def test_a_wrong_constant_fold_is_caught_where_it_happens():
     """Tensors the original computes and the optimized model holds as constants are compared too."""
     model = onnx.load(MODELS / "repvgg.train.onnx")
-    optimized, _ = onnxrep.optimize(model, check=False)
+    optimized, _ = onnxrep.optimize(model, verify=False)
     result = verify(model, optimized)
     assert result.passed
     # corrupt one folded weight's source: the conv's output is then locally wrong
@@ -342,7 +341,7 @@ def test_a_wrong_rewrite_keyed_at_a_vanished_tensor_is_found_through_its_region(
     from test_fold_reshaped_affine import bn, tokens
     from test_matmul import linear
 
-    from onnxrep.rules import DEFAULT_RULES, Rule, fold_reshaped_affine
+    from onnxrep.rules import DEFAULT_RULES, fold_reshaped_affine
 
     b, x = tokens()
     y = linear(b, x, bias=False)
@@ -350,11 +349,11 @@ def test_a_wrong_rewrite_keyed_at_a_vanished_tensor_is_found_through_its_region(
     b.output(b.op("HardSwish", b.node("Reshape", [normed, b.node("Shape", [y])])))
     model = b.model()
 
-    def off_by_a_little(ctx, match):
+    def off_by_a_little(builder, match):
         spec = match.affine.spec
         affine = replace(match.affine, spec=replace(spec, bias=spec.bias + 1e-3))
-        fold_reshaped_affine.rewrite(ctx, replace(match, affine=affine))
-    broken = Rule(fold_reshaped_affine.NAME, "off by 1e-3", fold_reshaped_affine.find, off_by_a_little)
+        return fold_reshaped_affine.build(builder, replace(match, affine=affine))
+    broken = replace(fold_reshaped_affine.RULE, summary="off by 1e-3", build=off_by_a_little)
     rules = tuple(broken if r.name == broken.name else r for r in DEFAULT_RULES)
     monkeypatch.setattr(api, "_first_failing", _no_bisection)
     steps = []
@@ -384,7 +383,7 @@ def _sorted_indices_model() -> onnx.ModelProto:
 def test_an_output_the_noise_floor_swamps_is_reported_uninformative():
     _, report = onnxrep.optimize(_sorted_indices_model())
     v = report.verification
-    assert v.passed and v.tolerance == "noise floor" and v.local and all(c.passed for c in v.local)
+    assert v.passed and v.bound_text == "noise floor" and v.local and all(c.passed for c in v.local)
     assert [name for name, _ in v.uninformative] == ["order"], report.format()  # not the scores: they round
     assert "TopK" in v.uninformative[0][1]
     assert "end-to-end check uninformative for order" in report.format()

@@ -128,7 +128,7 @@ def main() -> None:
         named = [(p.name, p) for p in args.models] if args.models else list(builtin_models(tmp))
         pairs = []
         for k, (_, path) in enumerate(named):
-            optimized, _ = onnxrep.optimize(onnx.load(path), check=False, input_shapes=shapes or None)
+            optimized, _ = onnxrep.optimize(onnx.load(path), verify=False, input_shapes=shapes or None)
             onnx.save(optimized, tmp / f"optimized{k}.onnx")
             del optimized
             pairs.append((str(path.resolve()), str(tmp / f"optimized{k}.onnx")))

@@ -4,7 +4,7 @@ Every op that is linear in its input X with constant parameters is a conv
 ``Y = conv(X, W, b, strides, pads, dilations, group)``. Re-parameterization
 is algebra on such specs; this module holds that algebra and its exactness
 conditions, with no graph in sight. A function that cannot prove a result
-exact returns a :class:`Refusal` carrying the reason instead.
+exact raises :class:`~onnxrep.refusal.Refused` with the reason instead.
 """
 
 from __future__ import annotations
@@ -15,13 +15,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from onnxrep.algebra import kernels
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """Why a rewrite was not made. Test for it with isinstance (or ``is not None``)."""
-
-    reason: str
+from onnxrep.refusal import Refused
 
 
 @dataclass(frozen=True, eq=False)
@@ -99,7 +93,7 @@ class _Aligned:
         return result
 
 
-def _align(specs: list[ConvSpec]) -> _Aligned | Refusal:
+def _align(specs: list[ConvSpec]) -> _Aligned:
     """Put every kernel on the merged conv's grid, or say why the taps cannot line up.
 
     Exact when all branches read the same X with the same strides and produce
@@ -112,11 +106,11 @@ def _align(specs: list[ConvSpec]) -> _Aligned | Refusal:
     """
     nd = specs[0].spatial_dims
     if any(s.spatial_dims != nd for s in specs):
-        return Refusal("branches have different spatial ranks")
+        raise Refused("not-aligned", "branches have different spatial ranks")
     if len({s.in_channels for s in specs}) > 1:
-        return Refusal("branches read different channel counts")
+        raise Refused("not-aligned", "branches read different channel counts")
     if len({s.strides for s in specs}) > 1:
-        return Refusal(f"different strides {sorted({s.strides for s in specs})}")
+        raise Refused("not-aligned", f"different strides {sorted({s.strides for s in specs})}")
 
     # Axes of size 1 ignore dilation; elsewhere dilate every kernel to the gcd.
     dilation = tuple(
@@ -136,10 +130,10 @@ def _align(specs: list[ConvSpec]) -> _Aligned | Refusal:
         # Equal "extent" (pads minus kernel span) means equal output size for every input size.
         extents = {b[a] + e[a] - dilation[a] * (k - 1) for b, e, k in zip(begins, ends, sizes)}
         if len(extents) > 1:
-            return Refusal(f"branch output shapes differ on spatial axis {a}: the join broadcasts")
+            raise Refused("not-aligned", f"branch output shapes differ on spatial axis {a}: the join broadcasts")
         top = max(b[a] for b in begins)
         if any((top - b[a]) % dilation[a] for b in begins):
-            return Refusal(f"pads do not line up with dilation {dilation[a]} on spatial axis {a}")
+            raise Refused("not-aligned", f"pads do not line up with dilation {dilation[a]} on spatial axis {a}")
         offsets = [(top - b[a]) // dilation[a] for b in begins]
         size = max(o + k for o, k in zip(offsets, sizes))
         for i, o in enumerate(offsets):
@@ -152,29 +146,24 @@ def _align(specs: list[ConvSpec]) -> _Aligned | Refusal:
     return _Aligned(weights, [tuple(b) for b in before], tuple(shape), tuple(pad_begin + pad_end), dilation, group)
 
 
-def _costlier(size: int, shape: tuple[int, ...], group: int, cost: int) -> Refusal | None:
+def _check_cost(size: int, shape: tuple[int, ...], group: int, cost: int) -> None:
     if size > cost:
-        return Refusal(
-            f"merged kernel {shape} (group {group}) would cost {size} "
+        raise Refused(
+            "costlier", f"merged kernel {shape} (group {group}) would cost {size} "
             f"multiply-adds per pixel, more than the {cost} of the branches")
-    return None
 
 
-def merge_parallel(specs: list[ConvSpec]) -> ConvSpec | Refusal:
+def merge_parallel(specs: list[ConvSpec]) -> ConvSpec:
     """``sum(conv_i(X))`` as one conv, when that is exact (see _align) and costs no more."""
     if len({s.out_channels for s in specs}) > 1:
-        return Refusal(
-            "branches have different output channel counts "
+        raise Refused(
+            "not-aligned", "branches have different output channel counts "
             f"({sorted({s.out_channels for s in specs})}): the join broadcasts")
     aligned = _align(specs)
-    if isinstance(aligned, Refusal):
-        return aligned
     cout = specs[0].out_channels
     shape = (cout, specs[0].in_channels // aligned.group) + aligned.kernel_shape
     size = math.prod(shape)
-    refusal = _costlier(size, shape, aligned.group, sum(s.cost for s in specs))
-    if refusal is not None:
-        return refusal
+    _check_cost(size, shape, aligned.group, sum(s.cost for s in specs))
     weight = aligned.add(np.zeros(shape), aligned.group, specs)
     bias = np.zeros(cout)
     for s in specs:
@@ -182,20 +171,16 @@ def merge_parallel(specs: list[ConvSpec]) -> ConvSpec | Refusal:
     return ConvSpec(weight, bias, specs[0].strides, aligned.pads, aligned.dilations, aligned.group, size)
 
 
-def merge_concat(specs: list[ConvSpec]) -> ConvSpec | Refusal:
+def merge_concat(specs: list[ConvSpec]) -> ConvSpec:
     """``concat([conv_i(X)], axis=1)`` as one conv: kernels stacked along output channels.
 
     Exact under the same alignment as merge_parallel, with every kernel dense
     (group 1): stacking grouped kernels would interleave their groups.
     """
     aligned = _align(specs)
-    if isinstance(aligned, Refusal):
-        return aligned
     shape = (sum(s.out_channels for s in specs), specs[0].in_channels) + aligned.kernel_shape
     size = math.prod(shape)
-    refusal = _costlier(size, shape, 1, sum(s.cost for s in specs))
-    if refusal is not None:
-        return refusal
+    _check_cost(size, shape, 1, sum(s.cost for s in specs))
     weight, row = np.zeros(shape), 0
     for w, offsets, s in zip(aligned.weights, aligned.offsets, specs):
         kernels.add_into(weight[row:row + s.out_channels], 1, w, s.group, offsets)
@@ -214,11 +199,12 @@ def is_pointwise(s: ConvSpec) -> bool:
     return is_unit(s) and not any(s.pads)
 
 
-def _sequential_costlier(size: int, cost: int) -> Refusal:
-    return Refusal(f"the merged kernel would cost {size} multiply-adds per pixel, more than the {cost} of the two")
+def _sequential_costlier(size: int, cost: int) -> Refused:
+    return Refused("costlier",
+                   f"the merged kernel would cost {size} multiply-adds per pixel, more than the {cost} of the two")
 
 
-def merge_sequential(first: ConvSpec, second: ConvSpec, *, check_cost: bool = True) -> ConvSpec | Refusal:
+def merge_sequential(first: ConvSpec, second: ConvSpec, *, check_cost: bool = True) -> ConvSpec:
     """``second(first(X))`` as one conv, when exact and not costlier.
 
     Exact when first is 1x1 or second is pointwise (1x1, unpadded):
@@ -235,7 +221,7 @@ def merge_sequential(first: ConvSpec, second: ConvSpec, *, check_cost: bool = Tr
     the two ops' summed cost instead of its own.
     """
     if first.out_channels != second.in_channels or first.spatial_dims != second.spatial_dims:
-        return Refusal("the convs' channels do not chain")
+        raise Refused("not-aligned", "the convs' channels do not chain")
     pixels = int(np.prod(second.strides))  # first runs on this many pixels per output pixel
     cost = first.cost * pixels + second.cost
     if check_cost and (is_unit(first) or is_pointwise(second)):  # refuse before composing a big kernel
@@ -243,10 +229,10 @@ def merge_sequential(first: ConvSpec, second: ConvSpec, *, check_cost: bool = Tr
         spatial = second.kernel_shape if is_unit(first) and all(s == 1 for s in first.strides) else first.kernel_shape
         size = second.out_channels * (first.in_channels // group) * math.prod(spatial)
         if size > cost:
-            return _sequential_costlier(size, cost)
+            raise _sequential_costlier(size, cost)
     if is_unit(first) and all(s == 1 for s in first.strides):
         if any(second.pads) and np.any(first.bias):
-            return Refusal("the second conv pads with zeros where the merged conv would see the "
+            raise Refused("not-exact", "the second conv pads with zeros where the merged conv would see the "
                            "first conv's bias (not exact)")
         weight, group = kernels.compose(first.weight, first.group, second.weight, second.group)
         taps_summed = kernels.ungroup(second.weight, second.group).reshape(
@@ -261,10 +247,10 @@ def merge_sequential(first: ConvSpec, second: ConvSpec, *, check_cost: bool = Tr
         geometry = first
         strides = tuple(a * b for a, b in zip(first.strides, second.strides))
     elif is_unit(first):
-        return Refusal("a strided 1x1 conv before a kxk conv: the kxk taps would skip input rows")
+        raise Refused("not-exact", "a strided 1x1 conv before a kxk conv: the kxk taps would skip input rows")
     else:
-        return Refusal("neither conv is 1x1 without pads (a kxk→kxk chain grows the kernel)")
+        raise Refused("unsupported", "neither conv is 1x1 without pads (a kxk→kxk chain grows the kernel)")
     if check_cost and weight.size > cost:
-        return _sequential_costlier(weight.size, cost)
+        raise _sequential_costlier(weight.size, cost)
     return ConvSpec(weight, bias, strides, geometry.pads, geometry.dilations, group,
                     weight.size if check_cost else cost)

@@ -14,10 +14,11 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxrep.algebra import spec
-from onnxrep.algebra.spec import ConvSpec, Refusal
+from onnxrep.algebra.spec import ConvSpec
 from onnxrep.ir import lift
 from onnxrep.ir.graph import Context, constant_value, is_op, producer
 from onnxrep.ir.lift import Hint, Layout
+from onnxrep.refusal import Refused
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,8 +56,9 @@ def _linear_producer(tensor: gs.Tensor) -> gs.Node | None:
     return node
 
 
-def lift_branch(tensor: gs.Tensor, sign: int, reader: gs.Node, ctx: Context, hints: Hints) -> Branch | Refusal | None:
-    """The operand as a branch of its source; None when it is no linear op at all.
+def lift_branch(tensor: gs.Tensor, sign: int, reader: gs.Node, ctx: Context, hints: Hints) -> Branch | None:
+    """The operand as a branch of its source; None when it is no linear op at all; raises Refused
+    when it is one but cannot be lifted or is read elsewhere.
 
     A branch may be a chain of linear ops (DBB's 1x1 conv → AveragePool → BN):
     it is followed back while each intermediate is private and the pair
@@ -65,26 +67,31 @@ def lift_branch(tensor: gs.Tensor, sign: int, reader: gs.Node, ctx: Context, hin
     Conv branches, for ops whose shapes were not exported.
     """
     node = producer(tensor)
-    lifted = lift.lift(node, ctx, hint_of(tensor_input(node), hints, ctx))
-    if isinstance(lifted, Refusal) and "unknown" in lifted.reason:
+    try:
+        lifted = lift.lift(node, ctx, hint_of(tensor_input(node), hints, ctx))
+    except Refused as refusal:
+        if refusal.code != "shape-unknown":
+            raise
         known = "ONNX shape inference fails on this graph" if ctx.inferred == {} else \
             "ONNX shape inference cannot tell either"
-        return Refusal(f"{lifted.reason}: not in the exported shapes, and {known}")
-    if lifted is None or isinstance(lifted, Refusal):
-        return lifted
+        raise Refused(refusal.code, f"{refusal.reason}: not in the exported shapes, and {known}",
+                      refusal.where) from None
+    if lifted is None:
+        return None
     if not ctx.private(tensor, reader):
-        return Refusal(f"output of {node.name} is also read by {ctx.readers(tensor, reader)}")
+        raise Refused("read-elsewhere", f"output of {node.name} is also read by {ctx.readers(tensor, reader)}")
     source, conv_spec, dtype, has_bias = lifted.source, lifted.spec, lifted.dtype, lifted.has_bias
     nodes, reader = list(lifted.nodes), lifted.nodes[0]
     while True:
         inner_node = producer(source)
-        inner = None
-        if ctx.private(source, reader):
-            inner = lift.lift(inner_node, ctx, hint_of(tensor_input(inner_node), hints, ctx))
-        if inner is None or isinstance(inner, Refusal) or inner.layout != lifted.layout:
+        if not ctx.private(source, reader):
             break
-        composed = spec.merge_sequential(inner.spec, conv_spec, check_cost=False)
-        if isinstance(composed, Refusal):
+        try:  # the chain ends where an op does not lift or compose exactly: the branch starts there
+            inner = lift.lift(inner_node, ctx, hint_of(tensor_input(inner_node), hints, ctx))
+            if inner is None or inner.layout != lifted.layout:
+                break
+            composed = spec.merge_sequential(inner.spec, conv_spec, check_cost=False)
+        except Refused:
             break
         source, conv_spec = inner.source, composed
         dtype, has_bias = dtype or inner.dtype, True

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxrep.algebra.spec import Refusal
+from onnxrep.refusal import Refused
 
 DEFAULT_DOMAINS = ("", "ai.onnx", None)
 
@@ -37,6 +37,8 @@ class Context:
     names: set[str] = field(default_factory=set)
     inferred: dict[str, tuple] | None = None  # ONNX shape inference, run at most once per sweep and rule
     weight_bytes: int | None = None  # the bytes of all the graph's weights, counted when first asked
+    notes: list[Refused] = field(default_factory=list)  # refusals recorded by the match being made
+    cache: dict = field(default_factory=dict)  # see memo()
 
     @classmethod
     def of(cls, graph: gs.Graph, overridable: frozenset[str] = frozenset()) -> Context:
@@ -52,14 +54,32 @@ class Context:
             if node.outputs:
                 yield node
 
-    def constant(self, tensor: gs.Tensor, what: str) -> np.ndarray | Refusal:
-        """The value of a tensor that is provably constant, or why it is not."""
+    def constant(self, tensor: gs.Tensor, what: str) -> np.ndarray:
+        """The value of a tensor that is provably constant; raises Refused when it is not."""
         if id(tensor) in self.graph_inputs:
-            return Refusal(f"{what} '{tensor.name}' is a graph input (it can be overridden at run time)")
+            raise Refused("graph-input", f"{what} '{tensor.name}' is a graph input (it can be overridden at run time)")
         value = constant_value(tensor)
         if value is None:
-            return Refusal(f"{what} '{tensor.name}' is not a constant")
+            raise Refused("not-constant", f"{what} '{tensor.name}' is not a constant")
         return value
+
+    def maybe_constant(self, tensor: gs.Tensor) -> np.ndarray | None:
+        """The value of a tensor that is provably constant, else None."""
+        try:
+            return self.constant(tensor, "value")
+        except Refused:
+            return None
+
+    def note(self, refusal: Refused) -> None:
+        """Record a refusal without stopping the match (a join merged apart from one operand); the
+        engine reports it with the rule's other refusals."""
+        self.notes.append(refusal)
+
+    def memo(self, key: str, compute):
+        """A value computed once per sweep and rule (the graph changes between sweeps)."""
+        if key not in self.cache:
+            self.cache[key] = compute()
+        return self.cache[key]
 
     def dims(self, tensor: gs.Tensor) -> list[int | None] | None:
         """A tensor's shape (None for a dim that is not static) as exported, else as ONNX shape
@@ -81,10 +101,11 @@ class Context:
         return {t.name for t in self.graph.tensors().values()
                 if isinstance(t, gs.Constant) and id(t) in self.graph_inputs}
 
-    def private(self, tensor: gs.Tensor, reader: gs.Node) -> bool:
-        """True when ``reader`` is the only thing that reads ``tensor``."""
-        return (id(tensor) not in self.graph_outputs
-                and len(tensor.outputs) == 1 and tensor.outputs[0] is reader)
+    def private(self, tensor: gs.Tensor, reader: gs.Node, *, measured: bool = False) -> bool:
+        """True when ``reader`` is the only thing that reads ``tensor``; with ``measured``, Shape and
+        Size nodes may read it too (a rewrite that keeps the shape moves them to its result)."""
+        readers = [r for r in tensor.outputs if not (measured and is_op(r, "Shape", "Size"))]
+        return id(tensor) not in self.graph_outputs and len(readers) == 1 and readers[0] is reader
 
     def model_bytes(self) -> int:
         """The bytes of the graph's weights (initializers), from their shapes: no weight is loaded."""
@@ -152,9 +173,9 @@ def _constant_node_value(node: gs.Node) -> np.ndarray | None:
 SHARED_COPY_FRACTION = 1 / 1000
 
 
-def sharing(tensor: gs.Tensor, reader: gs.Node, ctx: Context) -> Refusal | None:
-    """A refusal when a constant read by ``reader`` is also read by another node or an output, and
-    is too big to copy.
+def check_sharing(tensor: gs.Tensor, reader: gs.Node, ctx: Context) -> None:
+    """Raises Refused when a constant read by ``reader`` is also read by another node or an output,
+    and is too big to copy.
 
     Rewrites never edit a weight: they emit fresh ones, so folding a shared weight is exact and
     leaves the original to its other readers; the cost is the copy (the engine counts the bytes
@@ -166,12 +187,12 @@ def sharing(tensor: gs.Tensor, reader: gs.Node, ctx: Context) -> Refusal | None:
     while True:
         if not ctx.private(tensor, reader):
             if _cheap_copy(tensor, ctx):
-                return None
-            return Refusal(f"weight '{tensor.name}' is shared with {ctx.readers(tensor, reader)} "
-                           f"({_bytes(nbytes(tensor))}, too big to copy)")
+                return
+            raise Refused("shared-weight", f"weight '{tensor.name}' is shared with {ctx.readers(tensor, reader)} "
+                                           f"({_bytes(nbytes(tensor))}, too big to copy)")
         node = producer(tensor)
         if not is_op(node, "Identity"):
-            return None
+            return
         tensor, reader = node.inputs[0], node
 
 
@@ -213,8 +234,9 @@ def selects_all(node: gs.Node | None, ctx: Context) -> bool:
     """
     if not is_op(node, "Slice") or len(node.inputs) < 3:
         return False
-    values = [None if t.is_empty() else ctx.constant(t, "slice input") for t in node.inputs[1:5]]
-    if any(isinstance(v, Refusal) for v in values):
+    try:
+        values = [None if t.is_empty() else ctx.constant(t, "slice input") for t in node.inputs[1:5]]
+    except Refused:
         return False
     starts, ends, axes, steps = (*values, None, None)[:4]
     axes = np.arange(len(starts)) if axes is None else axes

@@ -14,7 +14,7 @@ from html import escape
 
 import onnx
 
-from onnxrep.report.report import HOUSEKEEPING, Report, tensor_of
+from onnxrep.report.report import HOUSEKEEPING, Report
 
 BOX_W, BOX_H, GAP_X, GAP_Y, MAX_DRAWN = 150, 34, 18, 30, 60
 SHORT = {"BatchNormalization": "BN", "GlobalAveragePool": "GlobalAvgPool", "AveragePool": "AvgPool"}
@@ -25,7 +25,7 @@ def render(original: onnx.ModelProto, optimized: onnx.ModelProto, report: Report
     before, after = _Graph(original), _Graph(optimized)
     removed = before.signatures - after.signatures
     added = after.signatures - before.signatures
-    applied = [(r, tensor_of(t), where) for (r, t), (_, where) in zip(report.applied, report.rewrites())]
+    applied = [(r.rule, r.anchor, r.node) for r in report.applied]
     anchors = [t for t in dict.fromkeys(t for r, t, _ in applied if r not in HOUSEKEEPING)
                if t in after.producer and t in before.producer]  # the others are inside a bigger block
     blocks = []

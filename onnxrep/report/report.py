@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from onnxrep.rules import Finding
+from onnxrep.rewrite.ledger import Finding, Ledger, Rewrite, RolledBack
 
 if TYPE_CHECKING:
     from onnxrep.verify.check import Verification
@@ -42,11 +42,17 @@ class Report:
     verification: Verification | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     sweeps: int = 0
-    applied: list[tuple[str, str]] = field(default_factory=list)  # (rule, tensor[#N]) keys, in order
-    dropped: list[Finding] = field(default_factory=list)  # rewrites rolled back: verification failed
-    applied_at: dict[tuple[str, str], str] = field(default_factory=dict)  # applied key -> node name
+    applied: list[Rewrite] = field(default_factory=list)  # the engine's ledger, in order
+    dropped: list[RolledBack] = field(default_factory=list)  # rewrites rolled back: verification failed
     #: Shared weights a rewrite folded into a private copy, still kept for their other readers: name -> bytes.
     shared_copies: dict[str, int] = field(default_factory=dict)
+    #: Tracebacks of rules that raised (each also a refusal with code "rule-error"), shown with --debug.
+    rule_errors: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, ledger: Ledger) -> Report:
+        return cls(fired=Counter(r.rule for r in ledger.applied), refusals=ledger.refusals, sweeps=ledger.sweeps,
+                   applied=ledger.applied, shared_copies=ledger.shared_copies, rule_errors=ledger.errors)
 
     @property
     def shared_copy_bytes(self) -> int:
@@ -62,7 +68,9 @@ class Report:
             "verification": _verification_dict(self.verification),
             "seconds": self.seconds,
             "sweeps": self.sweeps,
-            "dropped": [asdict(f) for f in self.dropped],
+            "dropped": [{"rule": d.rule, "where": d.where, "reason": d.reason, "anchor": d.rewrite.anchor,
+                         "ordinal": d.rewrite.ordinal} for d in self.dropped],
+            "rule_errors": len(self.rule_errors),
             "shared_copies": {"bytes": self.shared_copy_bytes, "weights": dict(self.shared_copies)},
         }
 
@@ -73,8 +81,13 @@ class Report:
         lines.append("")
         lines += self.fired_lines(verbose)
         if self.dropped:
-            lines.append(f"rolled back ({len(self.dropped)}), the output verifies without them:")
+            verified = self.verification is not None and self.verification.passed
+            lines.append(f"rolled back ({len(self.dropped)})" + (", the output verifies without them:" if verified
+                                                                 else ", and the output still differs:"))
             lines += [f"  {f.rule}: {f.where}: {f.reason}" for f in self.dropped]
+        if self.rule_errors:
+            lines.append(f"rule errors: {len(self.rule_errors)} match(es) left as they were because a rule raised "
+                         "(a bug: please report it; --debug shows the tracebacks)")
         if self.refusals:
             lines.append(f"left as they were ({len(self.refusals)}){_by_reason(self.refusals, verbose)}:")
             lines += refusal_lines(self.refusals, verbose)
@@ -119,31 +132,25 @@ class Report:
 
     def rewrites(self) -> list[tuple[str, str]]:
         """(rule, node name) of each applied rewrite, in order: the node computing the rewritten tensor."""
-        return [(rule, self.applied_at.get((rule, tensor), tensor_of(tensor))) for rule, tensor in self.applied]
+        return [(r.rule, r.node) for r in self.applied]
 
     def hints(self) -> list[str]:
         """What would let more rules fire, from the reasons of the refusals."""
-        return [f"hint: {hint}" for marker, hint in HINTS
-                if any(marker in f.reason for f in (*self.refusals, *self.dropped))]
-
-
-def tensor_of(key: str) -> str:
-    """The tensor of an applied key's second half: ``name``, or ``name#N`` for a rule's N-th rewrite there."""
-    name, sep, count = key.rpartition("#")
-    return name if sep and count.isdigit() else key
+        codes = {f.code for f in self.refusals}
+        return [f"hint: {hint}" for code, hint in HINTS if code in codes]
 
 
 #: Rules that tidy what exporters leave rather than re-parameterize: summarized, not listed, unless -v.
 HOUSEKEEPING = ("fold_constants", "fold_whole_write")
 
-#: (a phrase of a refusal's reason, what would help).
+#: (a refusal code, what would help).
 HINTS = (
-    ("is a graph input", "weights listed as graph inputs can be overridden at run time, so they are not folded: "
+    ("graph-input", "weights listed as graph inputs can be overridden at run time, so they are not folded: "
                          "re-export with torch.onnx.export(..., keep_initializers_as_inputs=False)"),
-    ("is not a constant", "weights computed at run time are not folded: export with do_constant_folding=True, "
+    ("not-constant", "weights computed at run time are not folded: export with do_constant_folding=True, "
                           "or run onnxsim/onnxslim first"),
-    ("training mode", "BatchNormalization in training mode: call model.eval() before exporting"),
-    ("is shared with", "a big weight read by several nodes is not copied; exporters share equal initializers, "
+    ("training-mode", "BatchNormalization in training mode: call model.eval() before exporting"),
+    ("shared-weight", "a big weight read by several nodes is not copied; exporters share equal initializers, "
                        "as in a freshly initialized model: export the trained weights"),
 )
 
@@ -217,7 +224,7 @@ def _verification_line(v: Verification | None) -> str:
     elif v.local_skipped:
         parts.append(f"no local checks ({v.local_skipped})")
     bound = {"noise floor": f"noise floor {v.noise_floor or 0.0:.2g}", "rounding": "within rounding"}.get(
-        v.tolerance, v.tolerance)
+        v.bound_text, v.bound_text)
     parts.append(f"outputs max error {_error(v.outputs, bound)} over {len({o.name for o in v.outputs})} output(s)")
     failing_outputs = list(dict.fromkeys(o.name for o in v.outputs if not o.passed))
     if failing_outputs:
@@ -280,7 +287,7 @@ def _verification_dict(v: Verification | None) -> dict | None:
         return None
     return {"passed": v.passed, "max_abs_error": v.max_abs_error,
             "max_relative_error": max((_relative(o) for o in v.outputs), default=0.0),
-            "noise_floor": v.noise_floor, "tolerance": v.tolerance, "input_shapes": v.input_shapes,
+            "noise_floor": v.noise_floor, "tolerance": v.bound_text, "input_shapes": v.input_shapes,
             "seconds": v.seconds, "other_input_shapes": list(v.other_sizes),
             "other_sizes_skipped": v.other_sizes_skipped,
             "sizes": [{"input_shapes": shapes, "why": why}

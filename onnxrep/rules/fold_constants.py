@@ -38,7 +38,6 @@ otherwise keep whole Slice chains alive just to name a dtype.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,9 +46,8 @@ import onnx_graphsurgeon as gs
 from onnx.reference import ReferenceEvaluator
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
-from onnxrep.algebra.spec import Refusal
 from onnxrep.ir.graph import Context, is_op, producer
-from onnxrep.rules import NodeMatch, Rule
+from onnxrep.rewrite.contract import Builder, NodeMatch, Replacement, Rule
 
 NAME = "fold_constants"
 #: Ops whose results are copies, selections or comparisons of their inputs: exact for any dtype.
@@ -117,6 +115,15 @@ def _evaluate(node: gs.Node, ctx: Context, values: list) -> list[np.ndarray]:
     return [np.asarray(v) for v in outputs]
 
 
+#: An input that is no constant (computed, or a graph input that can be overridden).
+COMPUTED = object()
+
+
+def _value(tensor: gs.Tensor, ctx: Context):
+    value = ctx.maybe_constant(tensor)
+    return COMPUTED if value is None else value
+
+
 def _fold(node: gs.Node, ctx: Context) -> tuple[np.ndarray, ...] | None:
     if node.op == "Shape" or node.op == "Size":
         known = (_shape_vector(node.outputs[0], ctx) if node.op == "Shape"
@@ -124,12 +131,8 @@ def _fold(node: gs.Node, ctx: Context) -> tuple[np.ndarray, ...] | None:
         if known is None or None in known:
             return None
         return (np.array(known, np.int64) if node.op == "Shape" else np.array(int(np.prod(known)), np.int64),)
-    values = []
-    for tensor in node.inputs:
-        value = None if tensor.is_empty() else ctx.constant(tensor, "input")
-        values.append(value)
-    if is_op(node, "Gather", "Slice") and isinstance(values[0], Refusal) and not any(
-            isinstance(v, Refusal) for v in values[1:]):
+    values = [None if tensor.is_empty() else _value(tensor, ctx) for tensor in node.inputs]
+    if is_op(node, "Gather", "Slice") and values[0] is COMPUTED and not any(v is COMPUTED for v in values[1:]):
         # Dims picked out of a partly static shape: evaluate the selection on the dims' positions.
         known = _shape_vector(node.inputs[0], ctx)
         if known is None:
@@ -139,9 +142,9 @@ def _fold(node: gs.Node, ctx: Context) -> tuple[np.ndarray, ...] | None:
         if None in picked:
             return None
         return (np.array(picked, np.int64).reshape(positions.shape),)
-    if node.op == "CastLike" and isinstance(values[1], Refusal) and node.inputs[1].dtype is not None:
+    if node.op == "CastLike" and values[1] is COMPUTED and node.inputs[1].dtype is not None:
         values[1] = np.zeros(0, node.inputs[1].dtype)  # only its dtype matters
-    if any(isinstance(v, Refusal) for v in values):
+    if any(v is COMPUTED for v in values):
         return None
     present = [v for v in values if v is not None]
     integers = all(v.dtype.kind in "biu" for v in present)
@@ -155,50 +158,36 @@ def _fold(node: gs.Node, ctx: Context) -> tuple[np.ndarray, ...] | None:
     return tuple(results)
 
 
-def find(ctx: Context) -> Iterator[Fold]:
-    for node in ctx.nodes():
-        if (node.op not in FOLDABLE or not is_op(node, node.op)
-                or any(id(t) in ctx.graph_outputs for t in node.outputs)
-                or any(isinstance(a, gs.Graph) for a in node.attrs.values())):
-            continue
-        if node.op == "Identity":
-            source = node.inputs[0] if node.inputs else None
-            if isinstance(source, gs.Constant) and id(source) not in ctx.graph_inputs:
-                yield Alias(node)
-            continue
-        if node.op == "CastLike":
-            to = _elem_type(node.inputs[1].dtype) if len(node.inputs) == 2 else None
-            if to is not None and isinstance(ctx.constant(node.inputs[0], "input"), Refusal):
-                yield CastLikeToCast(node, to)  # a constant input is folded instead
-                continue
-        try:
-            values = _fold(node, ctx)
-        except Exception:  # noqa: BLE001 (a node the reference cannot run stays for the runtime)
-            continue
-        if values is not None and len(values) == len(node.outputs):
-            yield Fold(node, values)
+def match(ctx: Context, node: gs.Node) -> Fold | Alias | CastLikeToCast | None:
+    if (node.op not in FOLDABLE or any(id(t) in ctx.graph_outputs for t in node.outputs)
+            or any(isinstance(a, gs.Graph) for a in node.attrs.values())):
+        return None
+    if node.op == "Identity":
+        source = node.inputs[0] if node.inputs else None
+        if isinstance(source, gs.Constant) and id(source) not in ctx.graph_inputs:
+            return Alias(node)
+        return None
+    if node.op == "CastLike":
+        to = _elem_type(node.inputs[1].dtype) if len(node.inputs) == 2 else None
+        if to is not None and ctx.maybe_constant(node.inputs[0]) is None:
+            return CastLikeToCast(node, to)  # a constant input is folded instead
+    try:
+        values = _fold(node, ctx)
+    except Exception:  # noqa: BLE001 (a node the reference cannot run stays for the runtime)
+        return None
+    if values is not None and len(values) == len(node.outputs):
+        return Fold(node, values)
+    return None
 
 
-def rewrite(ctx: Context, match: Fold | Alias | CastLikeToCast) -> None:
-    outputs = list(match.node.outputs)
-    if isinstance(match, Alias):
-        source, alias = match.node.inputs[0], outputs[0]
-        for reader in list(alias.outputs):
-            for i, tensor in enumerate(reader.inputs):
-                if tensor is alias:
-                    reader.inputs[i] = source
-        ctx.detach(match.nodes)
-        return
-    if isinstance(match, CastLikeToCast):
-        source, name = match.node.inputs[0], match.node.name
-        ctx.detach(match.nodes)
-        ctx.graph.nodes.append(gs.Node("Cast", ctx.unique(name or "Cast"), {"to": match.to},
-                                       inputs=[source], outputs=outputs))
-        return
-    ctx.detach(match.nodes)
-    for tensor, value in zip(outputs, match.values):
-        tensor.to_constant(value)
+def build(b: Builder, m: Fold | Alias | CastLikeToCast) -> Replacement:
+    if isinstance(m, Alias):  # the readers of the alias read the weight itself
+        return b.replacement(m.nodes, rewires=((m.node.outputs[0], m.node.inputs[0]),))
+    if isinstance(m, CastLikeToCast):
+        b.node("Cast", m.node.name or "Cast", [m.node.inputs[0]], list(m.node.outputs), {"to": m.to})
+        return b.replacement(m.nodes)
+    return b.replacement(m.nodes, constants=tuple(zip(m.node.outputs, m.values)))
 
 
 RULE = Rule(NAME, "Shape of static tensors, integer and data-movement ops on constants → constants",
-            find, rewrite)
+            tuple(sorted(FOLDABLE)), match, build)

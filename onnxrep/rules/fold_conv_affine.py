@@ -5,7 +5,8 @@ Before:  X → Conv(W, b) → T → BatchNormalization(γ, β, μ, σ², ε) →
 After:   X → Conv(W', b') → Y
 
 Conditions:
-  1. T is read by the affine op only, and is not a graph output.
+  1. T is read by the affine op only (and by Shape/Size nodes, which then read
+     Y: the affine keeps the shape), and is not a graph output.
   2. W (and b) are constants read by this Conv only (see lift.lift).
   3. A BatchNormalization is in inference mode with constant parameters; an
      elementwise constant broadcasts along the channel axis only (shape (),
@@ -25,15 +26,16 @@ to the sum of branches (RepViT, FastViT).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
+import onnx_graphsurgeon as gs
+
 from onnxrep.algebra import kernels
-from onnxrep.algebra.spec import Refusal
 from onnxrep.ir import lower
-from onnxrep.ir.graph import Context, is_op, producer
+from onnxrep.ir.graph import Context, producer
 from onnxrep.ir.lift import AFFINE_OPS, Hint, Lifted, lift
-from onnxrep.rules import Finding, Rule
+from onnxrep.refusal import Refused
+from onnxrep.rewrite.contract import Builder, Replacement, Rule
 
 NAME = "fold_conv_affine"
 
@@ -54,53 +56,57 @@ class ConvAffine:
         return self.linear.nodes + self.affine.nodes
 
 
-def _match(op, ctx: Context) -> ConvAffine | Finding | None:
+def _lift_linear(conv: gs.Node, ctx: Context) -> Lifted | Refused | None:
+    """The op before the affine as a linear op; its refusal is kept to report once the affine is known
+    to be one (an Add that is no MatMul's bias is no linear op, refused or not)."""
+    try:
+        return lift(conv, ctx)
+    except Refused as refusal:
+        return None if conv.op == "Add" else refusal
+
+
+def match(ctx: Context, op: gs.Node) -> ConvAffine | None:
     conv = next((p for t in op.inputs if (p := producer(t)) is not None and p.op in ("Conv", "Gemm", "MatMul", "Add")
                  and p is not op), None)
-    linear = lift(conv, ctx) if conv is not None else None
+    linear = _lift_linear(conv, ctx) if conv is not None else None
     if linear is None or (isinstance(linear, Lifted) and not linear.linear):
         return None
-    if isinstance(linear, Refusal) and conv.op == "Add":
-        return None  # an Add that is no MatMul's bias is no linear op, refused or not
-    hint = Hint(linear.layout, linear.spec.out_channels) if isinstance(linear, Lifted) else Hint()
-    affine = lift(op, ctx, hint)
-    if affine is None or (isinstance(affine, Lifted) and (affine.linear or affine.source is not conv.outputs[0])):
-        return None  # e.g. an Add of two convs: a join, merge_parallel's business
+    lifted = isinstance(linear, Lifted)
+    hint = Hint(linear.layout, linear.spec.out_channels) if lifted else Hint()
     where = f"{conv.name} → {op.name}"
-    if not ctx.private(conv.outputs[0], op):
-        return Finding(NAME, where, f"the conv output is also read by {ctx.readers(conv.outputs[0], op)}")
-    refusal = next((r for r in (linear, affine) if isinstance(r, Refusal)), None)
-    if refusal is not None:
-        return Finding(NAME, where, refusal.reason)
+    try:
+        affine, affine_refused = lift(op, ctx, hint), None
+    except Refused as refusal:
+        affine, affine_refused = None, refusal
+    if affine is None and affine_refused is None or affine is not None and (
+            affine.linear or affine.source is not conv.outputs[0]):
+        return None  # e.g. an Add of two convs: a join, merge_parallel's business
+    if not ctx.private(conv.outputs[0], op, measured=True):
+        raise Refused("read-elsewhere", f"the conv output is also read by {ctx.readers(conv.outputs[0], op)}", where)
+    for refusal in (None if lifted else linear, affine_refused):
+        if refusal is not None:
+            refusal.where = where
+            raise refusal
     if affine.layout != linear.layout:
-        return Finding(NAME, where, f"{op.op} is not per-channel: it runs along axis {affine.layout.axis} of "
-                                    f"{affine.layout.rank}, the {linear.nodes[0].op}'s channels are axis "
-                                    f"{linear.layout.axis} of {linear.layout.rank}")
+        raise Refused("not-per-channel", f"{op.op} is not per-channel: it runs along axis {affine.layout.axis} of "
+                                f"{affine.layout.rank}, the {linear.nodes[0].op}'s channels are axis "
+                                f"{linear.layout.axis} of {linear.layout.rank}", where)
     with_bias = linear.has_bias or affine.has_bias
     if lower.node_count(linear.layout, linear.spec, with_bias) >= len(linear.nodes) + 1:
         return None  # a MatMul and the Add that is its bias: already as small as it gets
     return ConvAffine(linear, affine)
 
 
-def find(ctx: Context) -> Iterator[ConvAffine | Finding]:
-    for op in ctx.nodes():
-        if is_op(op, *AFFINE_OPS):
-            match = _match(op, ctx)
-            if match is not None:
-                yield match
-
-
-def rewrite(ctx: Context, match: ConvAffine) -> None:
-    linear = match.linear
+def build(b: Builder, m: ConvAffine) -> Replacement:
+    linear = m.linear
     spec = linear.spec
-    scale, shift = match.affine.spec.weight.reshape(-1), match.affine.spec.bias
+    scale, shift = m.affine.spec.weight.reshape(-1), m.affine.spec.bias
     weight, bias = kernels.scale_conv(spec.weight, spec.bias, scale, shift)
-    output = match.affine.nodes[-1].outputs[0]
-    name = linear.nodes[0].name
-    ctx.detach(match.nodes)
-    lower.emit(ctx, name, linear.source, replace(spec, weight=weight, bias=bias), linear.layout, output,
-               linear.dtype, with_bias=linear.has_bias or match.affine.has_bias)
+    output = m.affine.nodes[-1].outputs[0]
+    lower.emit(b, linear.nodes[0].name, linear.source, replace(spec, weight=weight, bias=bias), linear.layout, output,
+               linear.dtype, with_bias=linear.has_bias or m.affine.has_bias)
+    return b.replacement(m.nodes, same_shape=((linear.nodes[-1].outputs[0], output),))
 
 
 RULE = Rule(NAME, "Conv/Gemm/MatMul → BatchNormalization or Mul/Div/Add/Sub/Neg by a per-channel constant "
-                  "→ one Conv/Gemm/MatMul", find, rewrite)
+                  "→ one Conv/Gemm/MatMul", AFFINE_OPS, match, build)

@@ -12,13 +12,14 @@ Conditions:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-from onnxrep.algebra.spec import Refusal
+import onnx_graphsurgeon as gs
+
 from onnxrep.ir import lift, lower
 from onnxrep.ir.graph import Context, is_op, producer
-from onnxrep.rules import Finding, PairMatch, Rule
+from onnxrep.refusal import Refused
+from onnxrep.rewrite.contract import Builder, PairMatch, Replacement, Rule
 
 NAME = "fold_pad_conv"
 
@@ -31,35 +32,27 @@ class PadConv(PairMatch):
     spatial_pads: tuple[int, ...]  # ONNX order: begins, then ends
 
 
-def find(ctx: Context) -> Iterator[PadConv | Finding]:
-    for conv in ctx.nodes():
-        if not is_op(conv, "Conv") or not conv.inputs:
-            continue
-        pad = producer(conv.inputs[0])
-        if not is_op(pad, "Pad"):
-            continue
-        where = f"{pad.name} → {conv.name}"
-        if not ctx.private(conv.inputs[0], conv):
-            yield Finding(NAME, where, f"the pad output is also read by {ctx.readers(conv.inputs[0], conv)}")
-            continue
+def match(ctx: Context, conv: gs.Node) -> PadConv | None:
+    pad = producer(conv.inputs[0]) if conv.inputs else None
+    if not is_op(pad, "Pad"):
+        return None
+    where = f"{pad.name} → {conv.name}"
+    if not ctx.private(conv.inputs[0], conv):
+        raise Refused("read-elsewhere", f"the pad output is also read by {ctx.readers(conv.inputs[0], conv)}", where)
+    try:
         lifted = lift.lift(conv, ctx)
-        if isinstance(lifted, Refusal):
-            yield Finding(NAME, where, lifted.reason)
-            continue
-        amounts = lift.zero_pads(pad, ctx, lifted.layout.rank)
-        if isinstance(amounts, Refusal):
-            yield Finding(NAME, where, amounts.reason)
-        else:
-            yield PadConv(pad, conv, lifted, amounts)
+        return PadConv(pad, conv, lifted, lift.zero_pads(pad, ctx, lifted.layout.rank))
+    except Refused as refusal:
+        refusal.where = where
+        raise
 
 
-def rewrite(ctx: Context, match: PadConv) -> None:
-    spec = match.lifted.spec
-    pads = tuple(a + b for a, b in zip(spec.pads, match.spatial_pads))
-    source, output = match.first.inputs[0], match.second.outputs[0]
-    ctx.detach(match.nodes)
-    lower.emit(ctx, match.second.name, source, replace(spec, pads=pads), match.lifted.layout, output,
-               match.lifted.dtype, with_bias=match.lifted.has_bias)
+def build(b: Builder, m: PadConv) -> Replacement:
+    spec = m.lifted.spec
+    pads = tuple(a + c for a, c in zip(spec.pads, m.spatial_pads))
+    lower.emit(b, m.second.name, m.first.inputs[0], replace(spec, pads=pads), m.lifted.layout, m.second.outputs[0],
+               m.lifted.dtype, with_bias=m.lifted.has_bias)
+    return b.replacement(m.nodes)
 
 
-RULE = Rule(NAME, "Pad with zeros on spatial axes → Conv becomes one Conv with larger pads", find, rewrite)
+RULE = Rule(NAME, "Pad with zeros on spatial axes → Conv becomes one Conv with larger pads", ("Conv",), match, build)

@@ -24,19 +24,18 @@ Conditions:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxrep.algebra import kernels
-from onnxrep.algebra.spec import Refusal
 from onnxrep.ir import lower
-from onnxrep.ir.affine import SHAPE_OPS, Affine, affine, moved_axis
+from onnxrep.ir.affine import SHAPE_OPS, affine, moved_axis
 from onnxrep.ir.graph import Context, constant_value, is_op, producer
 from onnxrep.ir.lift import AFFINE_OPS, Hint, Layout, Lifted, lift
-from onnxrep.rules import Finding, Rule
+from onnxrep.refusal import Refused
+from onnxrep.rewrite.contract import Builder, Replacement, Rule
 
 NAME = "fold_reshaped_affine"
 
@@ -66,75 +65,88 @@ def _chain(op: gs.Node, ctx: Context) -> tuple[list[gs.Node], gs.Node] | None:
     return (chain, start) if chain and start is not None else None
 
 
-def _private(match_nodes: list[gs.Node], ctx: Context) -> Refusal | None:
+def _check_private(match_nodes: list[gs.Node], ctx: Context) -> None:
     for node, reader in zip(match_nodes, match_nodes[1:]):
         if not ctx.private(node.outputs[0], reader):
-            return Refusal(f"{node.name}'s output is also read by {ctx.readers(node.outputs[0], reader)}")
-    return None
+            raise Refused("read-elsewhere",
+                          f"{node.name}'s output is also read by {ctx.readers(node.outputs[0], reader)}")
 
 
-def _features_axis(linear: Lifted, chain: list[gs.Node], op: gs.Node, ctx: Context) -> Layout | None | Refusal:
+def _features_axis(linear: Lifted, chain: list[gs.Node], op: gs.Node, ctx: Context) -> Layout | None:
     """The layout of the features at the end of the chain; None for an affine by scalars, which
-    folds whatever the reshapes did to the feature axis (attention's ``q · scale`` after the head split)."""
+    folds whatever the reshapes did to the feature axis (attention's ``q · scale`` after the head split).
+    Raises Refused when a reshape moves the features where a per-channel affine cannot follow."""
     axis = linear.layout.axis
     for node in chain:
-        axis = moved_axis(node, axis, ctx)
-        if isinstance(axis, Refusal):
-            scalar = affine(op, ctx, None)
-            return None if isinstance(scalar, Affine) and scalar.scale.size == scalar.shift.size == 1 else axis
+        try:
+            axis = moved_axis(node, axis, ctx)
+        except Refused:
+            if _by_scalars(op, ctx):
+                return None
+            raise
     return Layout(len(ctx.dims(chain[-1].outputs[0])), axis)
 
 
-def _match(op: gs.Node, ctx: Context) -> Reshaped | Finding | None:
+def _by_scalars(op: gs.Node, ctx: Context) -> bool:
+    try:
+        scalar = affine(op, ctx, None)
+    except Refused:
+        return False
+    return scalar is not None and scalar.scale.size == scalar.shift.size == 1
+
+
+def match(ctx: Context, op: gs.Node) -> Reshaped | None:
+    if not op.inputs or constant_value(op.inputs[0]) is not None:
+        return None
     found = _chain(op, ctx)
     if found is None:
         return None
     chain, start = found
-    linear = lift(start, ctx)
-    if not isinstance(linear, Lifted) or not linear.linear:
+    try:
+        linear = lift(start, ctx)
+    except Refused:
+        return None
+    if linear is None or not linear.linear:
         return None
     where = f"{start.name} → {len(chain)} reshape(s) → {op.name}"
-    layout = _features_axis(linear, chain, op, ctx)
-    if isinstance(layout, Refusal):
-        return Finding(NAME, where, layout.reason)
-    lifted = lift(op, ctx, Hint(layout or linear.layout, linear.spec.out_channels))
-    if lifted is None:
-        return None
-    refusal = lifted if isinstance(lifted, Refusal) else _private([linear.nodes[-1], *chain, op], ctx)
-    if refusal is None and layout is not None and lifted.layout != layout:
-        refusal = Refusal(f"{op.op} runs along axis {lifted.layout.axis}; the features are on axis {layout.axis}")
-    return Finding(NAME, where, refusal.reason) if refusal is not None else Reshaped(linear, tuple(chain), lifted)
+    try:
+        layout = _features_axis(linear, chain, op, ctx)
+        lifted = lift(op, ctx, Hint(layout or linear.layout, linear.spec.out_channels))
+        if lifted is None:
+            return None
+        _check_private([linear.nodes[-1], *chain, op], ctx)
+        if layout is not None and lifted.layout != layout:
+            raise Refused("layout", f"{op.op} runs along axis {lifted.layout.axis}; the features are on axis "
+                                    f"{layout.axis}")
+    except Refused as refusal:
+        refusal.where = where
+        raise
+    return Reshaped(linear, tuple(chain), lifted)
 
 
-def find(ctx: Context) -> Iterator[Reshaped | Finding]:
-    for op in ctx.nodes():
-        if is_op(op, *AFFINE_OPS) and op.inputs and constant_value(op.inputs[0]) is None:
-            match = _match(op, ctx)
-            if match is not None:
-                yield match
-
-
-def rewrite(ctx: Context, match: Reshaped) -> None:
-    """The folded linear and the reshapes after it write fresh tensors (their values change); the last
-    reshape writes the affine's output (whose values do not)."""
-    linear, affine = match.linear, match.affine
+def build(b: Builder, m: Reshaped) -> Replacement:
+    """The folded linear and copies of the reshapes after it write fresh tensors (their values change);
+    the last reshape writes the affine's output (whose values do not)."""
+    linear, affine = m.linear, m.affine
     weight, bias = kernels.scale_conv(linear.spec.weight, linear.spec.bias, affine.spec.weight.reshape(-1),
                                       affine.spec.bias)
     output = affine.nodes[-1].outputs[0]
-    ctx.detach(linear.nodes + affine.nodes)
-    current = _fresh(ctx, match.chain[0].inputs[0])
-    lower.emit(ctx, linear.nodes[0].name, linear.source, replace(linear.spec, weight=weight, bias=bias),
+    current = _fresh(b, m.chain[0].inputs[0])
+    renamed = [(m.chain[0].inputs[0].name, current.name)]
+    lower.emit(b, linear.nodes[0].name, linear.source, replace(linear.spec, weight=weight, bias=bias),
                linear.layout, current, linear.dtype, with_bias=linear.has_bias or bool(np.any(bias)))
-    for node in match.chain:
-        node.inputs[0] = current
-        current = output if node is match.chain[-1] else _fresh(ctx, node.outputs[0])
-        node.outputs.clear()
-        node.outputs.append(current)
+    for node in m.chain:
+        written = output if node is m.chain[-1] else _fresh(b, node.outputs[0])
+        b.node(node.op, node.name, [current, *node.inputs[1:]], [written], node.attrs)
+        if written is not output:
+            renamed.append((node.outputs[0].name, written.name))
+        current = written
+    return b.replacement(m.nodes, renamed=tuple(renamed))
 
 
-def _fresh(ctx: Context, tensor: gs.Tensor) -> gs.Variable:
-    return gs.Variable(ctx.unique(f"{tensor.name}_folded"), dtype=tensor.dtype)
+def _fresh(b: Builder, tensor: gs.Tensor) -> gs.Variable:
+    return b.tensor(f"{tensor.name}_folded", tensor.dtype)
 
 
 RULE = Rule(NAME, "Linear → Reshape/Flatten/Transpose … → BatchNormalization (or per-channel affine) on the "
-                  "features → the Linear with the affine folded, then the reshapes", find, rewrite)
+                  "features → the Linear with the affine folded, then the reshapes", AFFINE_OPS, match, build)

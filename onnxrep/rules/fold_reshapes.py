@@ -15,14 +15,13 @@ Conditions:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxrep.ir.graph import Context, is_op, producer
-from onnxrep.rules import Rule
+from onnxrep.rewrite.contract import Builder, Replacement, Rule
 
 NAME = "fold_reshapes"
 OPS = ("Reshape", "Flatten")
@@ -32,6 +31,7 @@ OPS = ("Reshape", "Flatten")
 class ReshapeChain:
     chain: tuple[gs.Node, ...]  # in order; the last one writes Y
     same: bool  # Y has X's shape
+    shape: tuple[int, ...]  # Y's (static) shape
 
     @property
     def output(self) -> str:
@@ -50,38 +50,28 @@ def _start(last: gs.Node, ctx: Context) -> list[gs.Node]:
     return chain
 
 
-def find(ctx: Context) -> Iterator[ReshapeChain]:
-    top = {id(n) for n in ctx.graph.nodes}
-    for last in ctx.nodes():
-        if not is_op(last, *OPS):
-            continue
-        if any(id(reader) not in top for reader in last.outputs[0].outputs):
-            continue  # read inside a subgraph
-        if any(is_op(reader, *OPS) and ctx.private(last.outputs[0], reader) for reader in last.outputs[0].outputs):
-            continue  # not the end of its chain
-        chain = _start(last, ctx)
-        after = ctx.dims(last.outputs[0])
-        if after is None or None in after or 0 in after:
-            continue
-        same = id(last.outputs[0]) not in ctx.graph_outputs and ctx.dims(chain[0].inputs[0]) == after
-        if same or len(chain) > 1:
-            yield ReshapeChain(tuple(chain), same)
+def match(ctx: Context, last: gs.Node) -> ReshapeChain | None:
+    top = ctx.memo("top-level nodes", lambda: {id(n) for n in ctx.graph.nodes})
+    if any(id(reader) not in top for reader in last.outputs[0].outputs):
+        return None  # read inside a subgraph
+    if any(is_op(reader, *OPS) and ctx.private(last.outputs[0], reader) for reader in last.outputs[0].outputs):
+        return None  # not the end of its chain
+    chain = _start(last, ctx)
+    after = ctx.dims(last.outputs[0])
+    if after is None or None in after or 0 in after:
+        return None
+    same = id(last.outputs[0]) not in ctx.graph_outputs and ctx.dims(chain[0].inputs[0]) == after
+    return ReshapeChain(tuple(chain), same, tuple(after)) if same or len(chain) > 1 else None
 
 
-def rewrite(ctx: Context, match: ReshapeChain) -> None:
-    source, output = match.chain[0].inputs[0], match.chain[-1].outputs[0]
-    shape = np.array(ctx.dims(output), np.int64)
-    ctx.detach(match.chain)
-    if not match.same:
-        name = ctx.unique(match.chain[-1].name or "Reshape")
-        target = gs.Constant(ctx.unique(f"{name}.shape"), shape)
-        ctx.graph.nodes.append(gs.Node("Reshape", name, inputs=[source, target], outputs=[output]))
-        return
-    for reader in list(output.outputs):
-        for i, tensor in enumerate(reader.inputs):
-            if tensor is output:
-                reader.inputs[i] = source
+def build(b: Builder, m: ReshapeChain) -> Replacement:
+    source, output = m.chain[0].inputs[0], m.chain[-1].outputs[0]
+    if m.same:  # the chain is the identity: its readers read its input
+        return b.replacement(m.chain, rewires=((output, source),))
+    name = b.name(m.chain[-1].name or "Reshape")
+    b.node("Reshape", name, [source, b.constant(f"{name}.shape", np.array(m.shape, np.int64))], [output], named=True)
+    return b.replacement(m.chain)
 
 
 RULE = Rule(NAME, "Reshape/Flatten chain → one Reshape to its static shape, or nothing when that is its input's",
-            find, rewrite)
+            OPS, match, build)

@@ -20,17 +20,17 @@ Conditions (spec.merge_sequential holds the algebra):
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from onnxrep.algebra import spec
-from onnxrep.algebra.spec import ConvSpec, Refusal
+from onnxrep.algebra.spec import ConvSpec
 from onnxrep.ir import lower
 from onnxrep.ir.graph import Context, is_op, producer
 from onnxrep.ir.lift import AFFINE_OPS, LINEAR_OPS, Hint, Lifted, lift
-from onnxrep.rules import Finding, PairMatch, Rule
+from onnxrep.refusal import Refused
+from onnxrep.rewrite.contract import Builder, PairMatch, Replacement, Rule
 
 NAME = "fold_sequential"
 OPS = (*LINEAR_OPS, "AveragePool")
@@ -44,27 +44,24 @@ class Chain(PairMatch):
     dtype: np.dtype
 
 
-def _lift_pair(first, second, ctx: Context) -> tuple[Lifted, Lifted] | Refusal | None:
+def _lift_pair(first, second, ctx: Context) -> tuple[Lifted, Lifted] | None:
     """Both ops lifted; the one without weights (an AveragePool, an affine) takes its channels and
-    layout from the linear op beside it."""
+    layout from the linear op beside it. None when either is no such op; raises Refused."""
     if is_op(second, *LINEAR_OPS):
         after = lift(second, ctx)
-        if not isinstance(after, Lifted):
-            return after
+        if after is None:
+            return None
         before = lift(first, ctx, Hint(after.layout, after.spec.in_channels))
     else:
         before = lift(first, ctx)
-        if not isinstance(before, Lifted):
-            return before
+        if before is None:
+            return None
         after = lift(second, ctx, Hint(before.layout, before.spec.out_channels))
     if before is None or after is None:
         return None
-    for lifted in (before, after):
-        if isinstance(lifted, Refusal):
-            return lifted
     if before.layout != after.layout:
-        return Refusal(f"{first.op} runs along axis {before.layout.axis} of {before.layout.rank}, "
-                       f"{second.op} reads axis {after.layout.axis} of {after.layout.rank}")
+        raise Refused("layout", f"{first.op} runs along axis {before.layout.axis} of {before.layout.rank}, "
+                                f"{second.op} reads axis {after.layout.axis} of {after.layout.rank}")
     return before, after
 
 
@@ -74,38 +71,40 @@ def _candidates(second) -> bool:
     return is_op(first, *OPS) and any(linear) or is_op(first, *AFFINE_OPS) and linear[1]
 
 
-def find(ctx: Context) -> Iterator[Chain | Finding]:
-    for second in ctx.nodes():
-        if not _candidates(second):
-            continue
-        first = producer(second.inputs[0])
-        where = f"{first.name} → {second.name}"
-        pair = _lift_pair(first, second, ctx)
-        if pair is None or (isinstance(pair, tuple) and pair[0].nodes != (first,)):
-            continue  # an Add of two computed tensors (not an affine), or a MatMul's bias: not a chain of two
-        if not ctx.private(second.inputs[0], second):
-            yield Finding(NAME, where, f"the intermediate is also read by {ctx.readers(second.inputs[0], second)}")
-            continue
-        if isinstance(pair, Refusal):
-            yield Finding(NAME, where, pair.reason)
-            continue
-        before, after = pair
-        if not (spec.is_unit(before.spec) or spec.is_pointwise(after.spec)):
-            continue  # kxk → kxk: no re-parameterization candidate, nothing to report
+def match(ctx: Context, second) -> Chain | None:
+    if not _candidates(second):
+        return None
+    first = producer(second.inputs[0])
+    where = f"{first.name} → {second.name}"
+    try:
+        pair, refused = _lift_pair(first, second, ctx), None
+    except Refused as refusal:
+        pair, refused = None, refusal
+    if refused is None and (pair is None or pair[0].nodes != (first,)):
+        return None  # an Add of two computed tensors (not an affine), or a MatMul's bias: not a chain of two
+    if not ctx.private(second.inputs[0], second):
+        raise Refused("read-elsewhere", f"the intermediate is also read by {ctx.readers(second.inputs[0], second)}",
+                      where)
+    if refused is not None:
+        refused.where = where
+        raise refused
+    before, after = pair
+    if not (spec.is_unit(before.spec) or spec.is_pointwise(after.spec)):
+        return None  # kxk → kxk: no re-parameterization candidate, nothing to report
+    try:
         merged = spec.merge_sequential(before.spec, after.spec)
-        if isinstance(merged, Refusal):
-            yield Finding(NAME, where, merged.reason)
-        else:
-            yield Chain(first, second, after, merged, before.source, before.dtype or after.dtype)
+    except Refused as refusal:
+        refusal.where = where
+        raise
+    return Chain(first, second, after, merged, before.source, before.dtype or after.dtype)
 
 
-def rewrite(ctx: Context, match: Chain) -> None:
-    output = match.second.outputs[0]
-    name = match.second.name if is_op(match.second, *LINEAR_OPS) else match.first.name
-    ctx.detach(match.nodes)
-    lower.emit(ctx, name, match.source, match.merged, match.lifted.layout, output, match.dtype,
-               with_bias=bool(np.any(match.merged.bias)))
+def build(b: Builder, m: Chain) -> Replacement:
+    name = m.second.name if is_op(m.second, *LINEAR_OPS) else m.first.name
+    lower.emit(b, name, m.source, m.merged, m.lifted.layout, m.second.outputs[0], m.dtype,
+               with_bias=bool(np.any(m.merged.bias)))
+    return b.replacement(m.nodes)
 
 
 RULE = Rule(NAME, "Conv→Conv or Conv↔AveragePool chains with a 1x1 end, or an affine (BN) before a "
-                  "Conv/Gemm/MatMul → one op, when exact and not costlier", find, rewrite)
+                  "Conv/Gemm/MatMul → one op, when exact and not costlier", OPS, match, build)

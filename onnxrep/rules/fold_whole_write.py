@@ -21,14 +21,11 @@ of index 0 from a Shape of D itself, starting at 0); or, D's rows being static
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxrep.algebra.spec import Refusal
 from onnxrep.ir.graph import Context, is_op, producer, selects_all
-from onnxrep.rules import NodeMatch, Rule
+from onnxrep.rewrite.contract import Builder, NodeMatch, Replacement, Rule
 
 NAME = "fold_whole_write"
 
@@ -37,13 +34,8 @@ class WholeWrite(NodeMatch):
     """The ScatterND whose every row is written."""
 
 
-def _constant(tensor: gs.Tensor, ctx: Context) -> np.ndarray | None:
-    value = ctx.constant(tensor, "index")
-    return None if isinstance(value, Refusal) else value
-
-
 def _is(tensor: gs.Tensor, ctx: Context, *values: int) -> bool:
-    value = _constant(tensor, ctx)
+    value = ctx.maybe_constant(tensor)
     return value is not None and value.size == len(values) and value.reshape(-1).tolist() == list(values)
 
 
@@ -60,14 +52,14 @@ def _rows_of(tensor: gs.Tensor, data: gs.Tensor, ctx: Context) -> bool:
 
 def _every_row(indices: gs.Tensor, data: gs.Tensor, ctx: Context) -> bool:
     """Whether ``indices`` is [[0], [1], …, [n − 1]] for n the rows of ``data``."""
-    value = _constant(indices, ctx)
+    value = ctx.maybe_constant(indices)
     if value is not None:  # a static batch: fold_constants has made the enumeration a constant
         rows = (ctx.dims(data) or [None])[0]
         return rows is not None and value.shape == (rows, 1) and value.reshape(-1).tolist() == list(range(rows))
     node = producer(indices)
     if is_op(node, "Unsqueeze"):
         axes = node.attrs.get("axes") if "axes" in node.attrs else (
-            _constant(node.inputs[1], ctx) if len(node.inputs) > 1 else None)
+            ctx.maybe_constant(node.inputs[1]) if len(node.inputs) > 1 else None)
         if axes is None or np.asarray(axes).reshape(-1).tolist() not in ([-1], [1]):
             return False
     elif not (is_op(node, "Reshape") and _is(node.inputs[1], ctx, -1, 1)):
@@ -81,19 +73,17 @@ def _every_row(indices: gs.Tensor, data: gs.Tensor, ctx: Context) -> bool:
             and _rows_of(node.inputs[1], data, ctx))
 
 
-def find(ctx: Context) -> Iterator[WholeWrite]:
-    for node in ctx.nodes():
-        if (is_op(node, "ScatterND") and len(node.inputs) == 3
-                and node.attrs.get("reduction", "none") in ("none", b"none")
-                and _every_row(node.inputs[1], node.inputs[0], ctx)):
-            yield WholeWrite(node)
+def match(ctx: Context, node: gs.Node) -> WholeWrite | None:
+    if (len(node.inputs) == 3 and node.attrs.get("reduction", "none") in ("none", b"none")
+            and _every_row(node.inputs[1], node.inputs[0], ctx)):
+        return WholeWrite(node)
+    return None
 
 
-def rewrite(ctx: Context, match: WholeWrite) -> None:
-    updates, output, name = match.node.inputs[2], match.node.outputs[0], match.node.name
-    ctx.detach(match.nodes)
-    ctx.graph.nodes.append(gs.Node("Identity", ctx.unique(name or "Identity"), inputs=[updates], outputs=[output]))
+def build(b: Builder, m: WholeWrite) -> Replacement:
+    b.node("Identity", m.node.name or "Identity", [m.node.inputs[2]], [m.node.outputs[0]])
+    return b.replacement(m.nodes)
 
 
 RULE = Rule(NAME, "ScatterND writing every row of its data (dynamo's unoptimized slice assignment) → its updates",
-            find, rewrite)
+            ("ScatterND",), match, build)

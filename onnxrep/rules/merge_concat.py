@@ -24,11 +24,12 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxrep.algebra import spec
-from onnxrep.algebra.spec import ConvSpec, Refusal
+from onnxrep.algebra.spec import ConvSpec
 from onnxrep.ir import lower
 from onnxrep.ir.branches import Branch, layouts, lift_branch
-from onnxrep.ir.graph import Context, is_op
-from onnxrep.rules import Finding, Rule
+from onnxrep.ir.graph import Context
+from onnxrep.refusal import Refused
+from onnxrep.rewrite.contract import Builder, Replacement, Rule
 
 NAME = "merge_concat"
 
@@ -63,43 +64,48 @@ def _runs(lifted: list) -> Iterator[tuple[int, list[Branch]]]:
         start = end
 
 
-def find(ctx: Context) -> Iterator[ConcatRun | Finding]:
-    for concat in ctx.nodes():
-        if not is_op(concat, "Concat") or len(concat.inputs) < 2:
-            continue
-        ranks = layouts(concat.inputs)
-        lifted = [lift_branch(t, 1, concat, ctx, ranks) for t in concat.inputs]
-        for start, run in _runs(lifted):
-            layout = run[0].layout
-            if int(concat.attrs.get("axis", 1)) % layout.rank != layout.axis:
-                yield Finding(NAME, concat.name, "the Concat is not along the channel axis")
-                break
+def _lift(tensor: gs.Tensor, concat: gs.Node, ctx: Context, ranks) -> Branch | None:
+    try:
+        return lift_branch(tensor, 1, concat, ctx, ranks)
+    except Refused as refusal:
+        refusal.where = concat.name
+        ctx.note(refusal)
+        return None
+
+
+def match(ctx: Context, concat: gs.Node) -> ConcatRun | None:
+    if len(concat.inputs) < 2:
+        return None
+    ranks = layouts(concat.inputs)
+    lifted = [_lift(t, concat, ctx, ranks) for t in concat.inputs]
+    for start, run in _runs(lifted):
+        layout = run[0].layout
+        if int(concat.attrs.get("axis", 1)) % layout.rank != layout.axis:
+            raise Refused("layout", "the Concat is not along the channel axis", concat.name)
+        try:
             merged = spec.merge_concat([b.spec for b in run])
-            if isinstance(merged, Refusal):
-                yield Finding(NAME, concat.name, merged.reason)
-            else:
-                yield ConcatRun(concat, start, tuple(run), merged)
-                break  # one run per Concat and sweep: the next sweep sees the rest afresh
-        for branch in lifted:
-            if isinstance(branch, Refusal):
-                yield Finding(NAME, concat.name, branch.reason)
+        except Refused as refusal:
+            refusal.where = concat.name
+            ctx.note(refusal)
+        else:
+            return ConcatRun(concat, start, tuple(run), merged)  # one run per Concat and sweep
+    return None
 
 
-def rewrite(ctx: Context, match: ConcatRun) -> None:
-    concat, output = match.concat, match.concat.outputs[0]
+def build(b: Builder, m: ConcatRun) -> Replacement:
+    concat, output = m.concat, m.concat.outputs[0]
     operands = list(concat.inputs)
-    anchor = max(match.branches, key=lambda b: b.spec.cost)
-    dtype = np.dtype(next((b.dtype for b in match.branches if b.dtype is not None), output.dtype))
-    alone = len(match.branches) == len(operands)
-    ctx.detach(match.nodes)
-    target = output if alone else gs.Variable(ctx.unique(f"{anchor.name}_stacked"), dtype=output.dtype)
-    lower.emit(ctx, anchor.name, match.branches[0].source, match.merged, match.branches[0].layout, target, dtype,
-               with_bias=any(b.has_bias for b in match.branches))
+    anchor = max(m.branches, key=lambda br: br.spec.cost)
+    dtype = np.dtype(next((br.dtype for br in m.branches if br.dtype is not None), output.dtype))
+    alone = len(m.branches) == len(operands)
+    target = output if alone else b.tensor(f"{anchor.name}_stacked", output.dtype)
+    lower.emit(b, anchor.name, m.branches[0].source, m.merged, m.branches[0].layout, target, dtype,
+               with_bias=any(br.has_bias for br in m.branches))
     if not alone:
-        operands[match.start:match.start + len(match.branches)] = [target]
-        ctx.graph.nodes.append(gs.Node("Concat", ctx.unique(concat.name or "Concat"), dict(concat.attrs),
-                                       inputs=operands, outputs=[output]))
+        operands[m.start:m.start + len(m.branches)] = [target]
+        b.node("Concat", concat.name or "Concat", operands, [output], dict(concat.attrs))
+    return b.replacement(m.nodes)
 
 
 RULE = Rule(NAME, "Concat (channel axis) of conv branches of one tensor → one Conv with stacked kernels",
-            find, rewrite)
+            ("Concat",), match, build)

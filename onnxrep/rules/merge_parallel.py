@@ -23,18 +23,18 @@ Conditions:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxrep.algebra import spec
-from onnxrep.algebra.spec import ConvSpec, Refusal
+from onnxrep.algebra.spec import ConvSpec
 from onnxrep.ir import lower
 from onnxrep.ir.branches import Branch, layouts, lift_branch
 from onnxrep.ir.graph import Context, constant_value, is_op, producer
-from onnxrep.rules import Finding, Rule
+from onnxrep.refusal import Refused
+from onnxrep.rewrite.contract import Builder, Replacement, Rule
 
 NAME = "merge_parallel"
 JOIN_OPS = ("Add", "Sum", "Sub")
@@ -83,69 +83,78 @@ def _flatten(node: gs.Node, sign: int, ctx: Context, operands: list, joins: list
             operands.append((tensor, sign * s, node))
 
 
-def _greedy_merge(branches: list[Branch]) -> tuple[ConvSpec | None, list[Branch], list[tuple[Branch, str]]]:
+def _greedy_merge(branches: list[Branch]) -> tuple[ConvSpec | None, list[Branch], list[tuple[Branch, Refused]]]:
     """All at once when that works (the usual case); else from the costliest branch down,
     keeping each branch that still merges exactly."""
     ordered = sorted(branches, key=lambda b: -b.spec.cost)
-    whole = spec.merge_parallel([b.spec for b in ordered])
-    if not isinstance(whole, Refusal):
-        return whole, ordered, []
+    try:
+        return spec.merge_parallel([b.spec for b in ordered]), ordered, []
+    except Refused:
+        pass
     kept, left_out, merged = [ordered[0]], [], None
     for branch in ordered[1:]:
-        result = spec.merge_parallel([b.spec for b in kept + [branch]])
-        if isinstance(result, Refusal):
-            left_out.append((branch, result.reason))
+        try:
+            merged = spec.merge_parallel([b.spec for b in kept + [branch]])
+        except Refused as refusal:
+            left_out.append((branch, refusal))
         else:
             kept.append(branch)
-            merged = result
     return merged, kept, left_out
 
 
-def find(ctx: Context) -> Iterator[Join | Finding]:
-    for root in ctx.nodes():
-        if not _is_join(root) or _is_inner(root, ctx):
+def _lift(tensor, sign, reader, ctx: Context, ranks) -> tuple[Branch | None, Refused | None]:
+    """An operand as a branch of its source, or its refusal (reported only when it shares a source)."""
+    try:
+        return lift_branch(tensor, sign, reader, ctx, ranks), None
+    except Refused as refusal:
+        return None, refusal
+
+
+def match(ctx: Context, root: gs.Node) -> Join | None:
+    if not _is_join(root) or _is_inner(root, ctx):
+        return None
+    operands, joins = [], []
+    _flatten(root, 1, ctx, operands, joins)
+    where = f"{root.op} {root.name}"
+    ranks = layouts([t for t, _, _ in operands])
+    lifted = [_lift(t, s, reader, ctx, ranks) for t, s, reader in operands]
+    branches_of = {}
+    for b, _ in lifted:
+        if b is not None:
+            branches_of.setdefault(id(b.source), b)
+
+    groups: dict[int, list[Branch]] = {}
+    rest: list[tuple[gs.Tensor, int]] = []
+    for (tensor, sign, _), (branch, refusal) in zip(operands, lifted):
+        sibling = branches_of.get(id(tensor))
+        if branch is None and sibling is not None:
+            # The source itself is an operand: the identity branch.
+            identity = spec.identity(sibling.spec.in_channels, sibling.spec.spatial_dims)
+            branch = Branch(tensor, sign, tensor, identity if sign > 0 else identity.negated(),
+                            sibling.layout, (), tensor.name, None, False)
+        if branch is not None:
+            groups.setdefault(id(branch.source), []).append(branch)
             continue
-        operands, joins = [], []
-        _flatten(root, 1, ctx, operands, joins)
-        where = f"{root.op} {root.name}"
-        ranks = layouts([t for t, _, _ in operands])
-        lifted = [lift_branch(t, s, reader, ctx, ranks) for t, s, reader in operands]
-        branches_of = {}
-        for b in lifted:
-            if isinstance(b, Branch):
-                branches_of.setdefault(id(b.source), b)
+        if refusal is not None and _shares_source(tensor, operands):
+            refusal.where = where
+            ctx.note(refusal)
+        rest.append((tensor, sign))
 
-        groups: dict[int, list[Branch]] = {}
-        rest: list[tuple[gs.Tensor, int]] = []
-        for (tensor, sign, _), branch in zip(operands, lifted):
-            sibling = branches_of.get(id(tensor))
-            if not isinstance(branch, Branch) and sibling is not None:
-                # The source itself is an operand: the identity branch.
-                identity = spec.identity(sibling.spec.in_channels, sibling.spec.spatial_dims)
-                branch = Branch(tensor, sign, tensor, identity if sign > 0 else identity.negated(),
-                                sibling.layout, (), tensor.name, None, False)
-            if isinstance(branch, Branch):
-                groups.setdefault(id(branch.source), []).append(branch)
-                continue
-            if isinstance(branch, Refusal) and _shares_source(tensor, operands):
-                yield Finding(NAME, where, branch.reason)
-            rest.append((tensor, sign))
-
-        merges = []
-        for branches in groups.values():
-            if len(branches) < 2 or all(not b.nodes for b in branches):
-                rest.extend((b.operand, b.sign) for b in branches)
-                continue
-            merged, kept, left_out = _greedy_merge(branches)
-            for branch, reason in left_out:
-                yield Finding(NAME, f"{where}: {branch.name}", reason)
-                rest.append((branch.operand, branch.sign))
-            if merged is None:
-                rest.extend((b.operand, b.sign) for b in kept)
-            else:
-                merges.append((merged, tuple(kept)))
-        if merges:
-            yield Join(root, tuple(joins), tuple(merges), tuple(rest))
+    merges = []
+    for branches in groups.values():
+        if len(branches) < 2 or all(not b.nodes for b in branches):
+            rest.extend((b.operand, b.sign) for b in branches)
+            continue
+        merged, kept, left_out = _greedy_merge(branches)
+        for branch, refusal in left_out:
+            refusal.where = f"{where}: {branch.name}"
+            ctx.note(refusal)
+            rest.append((branch.operand, branch.sign))
+        if merged is None:
+            rest.extend((b.operand, b.sign) for b in kept)
+        else:
+            merges.append((merged, tuple(kept)))
+    return Join(root, tuple(joins), tuple(merges), tuple(rest)) if merges else None
 
 
 def _shares_source(tensor: gs.Tensor, operands) -> bool:
@@ -163,37 +172,35 @@ def _shares_source(tensor: gs.Tensor, operands) -> bool:
     return False
 
 
-def rewrite(ctx: Context, match: Join) -> None:
-    output = match.root.outputs[0]
+def build(b: Builder, m: Join) -> Replacement:
+    output = m.root.outputs[0]
     dtype = output.dtype
-    ctx.detach(match.nodes)
     operands: list[tuple[gs.Tensor, int]] = []
-    alone = not match.rest and len(match.merges) == 1
-    for merged, branches in match.merges:
-        anchor = max(branches, key=lambda b: b.spec.cost)
-        weight_dtype = next((b.dtype for b in branches if b.dtype is not None), dtype)
-        target = output if alone else gs.Variable(ctx.unique(f"{anchor.name}_merged"), dtype=dtype)
+    alone = not m.rest and len(m.merges) == 1
+    for merged, branches in m.merges:
+        anchor = max(branches, key=lambda br: br.spec.cost)
+        weight_dtype = next((br.dtype for br in branches if br.dtype is not None), dtype)
+        target = output if alone else b.tensor(f"{anchor.name}_merged", dtype)
         # Branches that all entered negated (a Sub's right side) stay a Sub of a positive conv.
-        sign = -1 if not alone and all(b.sign < 0 for b in branches) else 1
-        lower.emit(ctx, anchor.name, branches[0].source, merged if sign > 0 else merged.negated(),
-                   branches[0].layout, target, np.dtype(weight_dtype), with_bias=any(b.has_bias for b in branches))
+        sign = -1 if not alone and all(br.sign < 0 for br in branches) else 1
+        lower.emit(b, anchor.name, branches[0].source, merged if sign > 0 else merged.negated(),
+                   branches[0].layout, target, np.dtype(weight_dtype), with_bias=any(br.has_bias for br in branches))
         operands.append((target, sign))
     if alone:
-        return
-    operands = sorted(operands + list(match.rest), key=lambda o: -o[1])  # a positive operand first
-    if match.root.op == "Sum" and all(sign > 0 for _, sign in operands):
-        ctx.graph.nodes.append(gs.Node("Sum", ctx.unique(match.root.name or "Sum"),
-                                       inputs=[t for t, _ in operands], outputs=[output]))
-        return
+        return b.replacement(m.nodes)
+    operands = sorted(operands + list(m.rest), key=lambda o: -o[1])  # a positive operand first
+    if m.root.op == "Sum" and all(sign > 0 for _, sign in operands):
+        b.node("Sum", m.root.name or "Sum", [t for t, _ in operands], [output])
+        return b.replacement(m.nodes)
     accumulated = operands[0][0]
     for i, (tensor, sign) in enumerate(operands[1:], start=1):
         last = i == len(operands) - 1
-        target = output if last else gs.Variable(ctx.unique(f"{match.root.name}_partial"), dtype=dtype)
+        target = output if last else b.tensor(f"{m.root.name}_partial", dtype)
         op = "Add" if sign > 0 else "Sub"
-        ctx.graph.nodes.append(gs.Node(op, ctx.unique(match.root.name or op),
-                                       inputs=[accumulated, tensor], outputs=[target]))
+        b.node(op, m.root.name or op, [accumulated, tensor], [target])
         accumulated = target
+    return b.replacement(m.nodes)
 
 
 RULE = Rule(NAME, "Add/Sum/Sub of conv, BatchNormalization and identity branches of one tensor "
-                  "merged into one Conv", find, rewrite)
+                  "merged into one Conv", JOIN_OPS, match, build)

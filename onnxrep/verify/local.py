@@ -18,8 +18,8 @@ module looks at each rewrite on its own instead:
 3. Beside each copy goes its *magnitude twin*: the same op on absolute values
    (``|W| ⊛ |x| + |b|`` for a Conv), computed in float32. A float sum of terms
    loses at most a few units of roundoff of the sum of their magnitudes, so
-   the error allowed at each element is ``ROUNDING_FACTOR · u · magnitude``
-   with ``u`` the unit roundoff of the tensor's dtype (see ROUNDING_FACTOR).
+   the error allowed at each element is ``rounding_factor · u · magnitude``
+   with ``u`` the unit roundoff of the tensor's dtype (see onnxrep.verify.tolerance).
 4. :func:`compare` checks every anchor the copies recompute, and every tensor
    the original computes that the optimized model holds as a constant.
 
@@ -36,32 +36,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-#: Error allowed per element, in units of roundoff of the magnitude ``|W| ⊛ |x| + |b|``.
-#: Both sides round: the original's branches (each a sum of K terms, then a BN
-#: scale and the join's adds) and the merged layer (weights rounded once from
-#: float64, then one sum of K terms). Recursive or blocked summation of K terms
-#: errs by at most K·u·magnitude, but that worst case needs every partial sum to
-#: reach the full magnitude; with terms of mixed signs the errors behave like a
-#: random walk of size ~u·magnitude (Higham & Mary, "A new approach to
-#: probabilistic rounding error analysis", SISC 2019), and the largest of
-#: millions of such elements stays within a few standard deviations. The
-#: magnitude is the merged layer's plus, where that alone does not suffice, the
-#: original's (its branches' terms can cancel in the merge: opposite BN shifts).
-#: Measured (2026-12-03): the largest error over every element of every rewritten
-#: tensor is 0.081 of this bound (5.2 u·magnitude) across the 35 fixtures, the
-#: samples and 30 timm exports of 15 families at 128–224 px; RepVGG-B3 at 224 px 0.12.
-#: So 64 leaves a margin of 8–12. A wrong merge errs by far more: a tap shifted
-#: or a bias dropped by a whole term (~|w·x|), a BatchNorm epsilon mis-applied
-#: (1e-3 for 1e-5) by ~5e-4·|y| ≈ 5e-4·magnitude/√K: 2.4e-5 of the magnitude at
-#: K = 576, against 64·u = 3.8e-6 (tests/test_verify.py has each of them).
-ROUNDING_FACTOR = 64.0
-
-#: Unit roundoff (half an ulp at 1) of each float type.
-UNIT_ROUNDOFF = {
-    np.dtype(np.float16): 2.0**-11,
-    np.dtype(np.float32): 2.0**-24,
-    np.dtype(np.float64): 2.0**-53,
-}
+from onnxrep.algebra.rounding import unit_roundoff
+from onnxrep.verify.tolerance import DEFAULT, Tolerance
 
 _REF, _LOCAL, _MAG, _ABS = "::onnxrep_ref", "::onnxrep_local", "::onnxrep_mag", "::onnxrep_abs"
 
@@ -185,6 +161,52 @@ def augmented(optimized: onnx.ModelProto, checks: Plan, reference: dict[str, np.
     outputs = [o for c in compared for o in c[1:]]
     with _added(optimized, copies.nodes + magnitudes.nodes, magnitudes.initializers, inputs, outputs):
         yield lambda values: copies.feeds(values)[0], compared
+
+
+def standalone(optimized: onnx.ModelProto, checks: Plan, reference: dict[str, np.ndarray],
+               nodes: list[onnx.NodeProto] | None = None) -> tuple[onnx.ModelProto, dict, list[tuple[str, str, str]]]:
+    """The local copies of ``nodes`` (default: every changed node) and their magnitude twins as a model
+    of their own, fed with the original's values: the local checks run even when the optimized model
+    as a whole does not load (a merge that made one node invalid). Returns the model, its feeds and
+    ``(anchor, local output, magnitude output)`` per anchor it checks (``reference`` holds the graph
+    inputs' values too)."""
+    graph = optimized.graph
+    weights = {t.name: t for t in graph.initializer}
+    nodes = checks.changed if nodes is None else nodes
+    copies, magnitudes = _local(nodes, checks.reads, weights, reference)
+    written = {o for n in nodes for o in n.output}
+    compared = [(name, name + _LOCAL, magnitudes.of(name + _LOCAL))
+                for name in checks.writes if name in written and isinstance(reference.get(name), np.ndarray)]
+    feeds, inputs = copies.feeds(reference)
+    used = {i for n in copies.nodes + magnitudes.nodes for i in n.input}
+    for value in graph.input:  # graph inputs the copies read as they are
+        if value.name in used and value.name not in weights and isinstance(reference.get(value.name), np.ndarray):
+            feeds[value.name] = reference[value.name]
+            inputs.append(value)
+    model_graph = helper.make_graph(
+        copies.nodes + magnitudes.nodes, "local_checks", inputs,
+        [helper.make_empty_tensor_value_info(o) for c in compared for o in c[1:]],
+        [weights[w] for w in used if w in weights] + magnitudes.initializers)
+    model = helper.make_model(model_graph, opset_imports=optimized.opset_import)
+    model.ir_version = optimized.ir_version
+    return model, feeds, compared
+
+
+def components(checks: Plan) -> list[list[onnx.NodeProto]]:
+    """The changed nodes in groups that can be checked apart: nodes linked by a tensor the original
+    does not compute (a MatMul and the Add of its bias, a merged conv and the partial sum after it)."""
+    anchors = set(checks.writes) | set(checks.reads)
+    group = {id(n): [n] for n in checks.changed}
+    producer = {o: n for n in checks.changed for o in n.output if o and o not in anchors}
+    for node in checks.changed:
+        for name in node.input:
+            source = producer.get(name)
+            if source is not None and group[id(source)] is not group[id(node)]:
+                merged = group[id(source)] + group[id(node)]
+                for member in merged:
+                    group[id(member)] = merged
+    unique = {id(g): g for g in group.values()}
+    return list(unique.values())
 
 
 def original_magnitudes(original: onnx.ModelProto, checks: Plan, anchors: list[str],
@@ -382,8 +404,9 @@ def _abs_attributes(node: onnx.NodeProto, names: tuple[str, ...]) -> None:
             attribute.f = abs(attribute.f)
 
 
-def compare(anchor: str, reference: np.ndarray, local: np.ndarray, magnitude: np.ndarray) -> LocalCheck:
-    """``|local − reference| ≤ ROUNDING_FACTOR · u · magnitude`` everywhere (integers: equal).
+def compare(anchor: str, reference: np.ndarray, local: np.ndarray, magnitude: np.ndarray,
+            tolerance: Tolerance = DEFAULT) -> LocalCheck:
+    """``|local − reference| ≤ rounding_factor · u · magnitude`` everywhere (integers: equal).
 
     ``magnitude``: the rewritten layer's, plus the original's where that was needed. Computed in
     the tensors' own float type (float32 for float16): a difference of two close floats is exact.
@@ -395,8 +418,8 @@ def compare(anchor: str, reference: np.ndarray, local: np.ndarray, magnitude: np
         return LocalCheck(anchor, 0.0 if equal else float("inf"), 0.0 if equal else float("inf"), equal)
     work = np.float64 if reference.dtype == np.float64 else np.float32
     ref, act = reference.astype(work, copy=False), local.astype(work, copy=False)
-    unit = UNIT_ROUNDOFF.get(reference.dtype, 2.0**-8)  # bfloat16 and narrower: 8 bits
-    allowed = np.broadcast_to(magnitude, ref.shape).astype(work) * work(ROUNDING_FACTOR * unit)
+    unit = unit_roundoff(reference.dtype)
+    allowed = np.broadcast_to(magnitude, ref.shape).astype(work) * work(tolerance.rounding_factor * unit)
     finite = np.isfinite(ref)
     if not finite.all():
         if not np.array_equal(ref[~finite], act[~finite], equal_nan=True):
