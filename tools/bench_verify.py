@@ -128,7 +128,8 @@ def main() -> None:
         named = [(p.name, p) for p in args.models] if args.models else list(builtin_models(tmp))
         pairs = []
         for k, (_, path) in enumerate(named):
-            optimized, _ = onnxrep.optimize(onnx.load(path), verify=False, input_shapes=shapes or None)
+            given = {"input_shapes": shapes} if shapes else {}
+            optimized, _ = onnxrep.optimize(onnx.load(path), verify=False, **given)
             onnx.save(optimized, tmp / f"optimized{k}.onnx")
             del optimized
             pairs.append((str(path.resolve()), str(tmp / f"optimized{k}.onnx")))

@@ -3,13 +3,16 @@
 A conv's border taps read padding, not data, where its input is small: at 32x32 a
 model's stride-32 level is 1x1, and a 7x7 kernel there multiplies data with its
 centre tap only. A merge that puts the other 48 taps in the wrong place then
-passes every check (YOLOv10n's RepVGGDW with only the centre tap kept: output
-error 3e-8 at 32x32, 196 at 640x640). So verification counts, for every
-rewritten Conv (:class:`Window`), whether each tap multiplied data at some output
-position at the sizes it ran; where some did not and the model's dims are
-dynamic, it adds the smallest size of the model's own family (multiples of its
-largest total stride, see :func:`family_step`) at which ONNX shape inference
-shows every tap meeting data. What no size exercises is reported by name.
+passes every check (issue 22: YOLOv10n's RepVGGDW with only the centre tap kept
+errs by 3e-8 at 32x32, as the exact merge does, and by 196 at 640x640). So
+verification counts, for every rewritten Conv (:class:`Window`), whether each
+tap multiplied data at some output position at the sizes it ran (the shapes its
+input had in the run); where some did not and the model's dims are dynamic and
+were not given, it adds the smallest size of the model's own family (multiples
+of its largest total stride, see :func:`family_step`) at which every tap meets
+data, by ONNX shape inference or, where inference cannot size the input, by
+scaling the sizes the runs saw (:func:`larger_size`). What no size exercises is
+reported by name.
 
 The second, odd size (batch 2, odd spatial dims: a pad or stride that lines up
 only for even sizes shows there) is drawn from the same family when the plain
