@@ -240,7 +240,10 @@ def _below(path: Path, directory: Path) -> bool:
               help="Absolute tolerance of the outputs, times each output's largest magnitude "
                    "(instead of the noise floor).")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:DxD..", callback=_input_shapes,
-              help="Shape for an input with dynamic dims during verification (repeatable).")
+              help="Shape for an input with dynamic dims during verification (repeatable). It sets the "
+                   "first size checked; the second, odd size (batch 2, odd sizes or odd multiples of the "
+                   "model's stride) is still checked, but no larger size is added for taps of rewritten "
+                   "convs that met no data: the report names those.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
 @click.option("--inputs", metavar="DIR", type=click.Path(path_type=str),
               help="Verify on these inputs instead of random ones: .pb TensorProtos (matched to inputs by "

@@ -189,7 +189,7 @@ def test_report_states_both_checks():
 def test_rtol_and_atol_override_the_noise_floor():
     _, report = onnxrep.optimize(MODELS / "repvgg.train.onnx", rtol=1e-3, atol=1e-4)
     assert report.verification.passed and report.verification.bound_text == "rtol 0.001, atol 0.0001"
-    assert "(rtol 0.001, atol 0.0001)" in report.format()
+    assert ", rtol 0.001, atol 0.0001)" in report.format()
 
 
 def test_noise_run_perturbs_layer_weights_by_about_one_rounding():
@@ -324,9 +324,13 @@ def test_a_merge_wrong_only_at_odd_sizes_is_caught_at_the_second_size(monkeypatc
     broken = (FOLD, altered_rule("broken", drop_right_pad))
     _, report = onnxrep.optimize(model, rules=broken)
     assert report.verification.passed and [f.rule for f in report.dropped] == ["broken"], report.format()
-    # at the default size alone the wrong merge is invisible: that is why a second size is checked
-    _, one_size = onnxrep.optimize(model, rules=broken, input_shapes={"x": (1, 4, 32, 32)})
+    # at one size alone the wrong merge is invisible: that is why a second size is checked, also when
+    # the first size is given (the model's dims stay dynamic); real inputs are checked as they are
+    x = np.random.default_rng(0).standard_normal((1, 4, 32, 32)).astype(np.float32)
+    _, one_size = onnxrep.optimize(model, rules=broken, inputs={"x": x})
     assert one_size.dropped == [] and one_size.verification.other_sizes == ()
+    _, given = onnxrep.optimize(model, rules=broken, input_shapes={"x": (1, 4, 32, 32)})
+    assert [f.rule for f in given.dropped] == ["broken"] and given.verification.other_sizes == ({"x": (2, 4, 37, 53)},)
 
 
 def test_a_wrong_rewrite_keyed_at_a_vanished_tensor_is_found_through_its_region(monkeypatch):
@@ -358,3 +362,59 @@ def test_a_wrong_rewrite_keyed_at_a_vanished_tensor_is_found_through_its_region(
     assert [s.split(" at ")[0] for s in steps if " at " in s] == [
         "roll back fold_reshapes", "roll back fold_reshaped_affine", "keep fold_reshapes"]
     assert "BatchNormalization" in histogram(optimized)
+
+
+def _sorted_indices_model() -> onnx.ModelProto:
+    """A RepVGG-style merge whose 4096 outputs TopK sorts: the order of near-tied values changes under
+    any rounding, so the indices (cast to float, as a detector's kept boxes change) move by whole values."""
+    from onnxrep.testing import GraphBuilder
+
+    b = GraphBuilder(seed=4)
+    x = b.input("x", [1, 16, 16, 16])
+    y = b.node("Add", [b.bn(b.conv(x, 16, 3, bias=False)), b.bn(b.conv(x, 16, 1, pads=[0, 0, 0, 0], bias=False))])
+    k = b.constant(np.array([4096], np.int64))
+    b.node("TopK", [b.node("Flatten", [y]), k], outputs=["scores", "order_i"])
+    b.node("Cast", ["order_i"], outputs=["order"], to=onnx.TensorProto.FLOAT)
+    b.output("scores")
+    b.output("order")
+    return b.model()
+
+
+def test_an_output_the_noise_floor_swamps_is_reported_uninformative():
+    _, report = onnxrep.optimize(_sorted_indices_model())
+    v = report.verification
+    assert v.passed and v.bound_text == "noise floor" and v.local and all(c.passed for c in v.local)
+    assert [name for name, _ in v.uninformative] == ["order"], report.format()  # not the scores: they round
+    assert "TopK" in v.uninformative[0][1]
+    assert "end-to-end check uninformative for order" in report.format()
+    assert "the local checks carry the verification" in report.format()
+    data = report.to_dict()["verification"]
+    assert data["uninformative"] == [{"output": "order", "why": v.uninformative[0][1]}]
+    assert data["noise_floor"] == v.noise_floor > 0
+
+
+def test_errors_are_printed_relative_to_their_scale():
+    """Random-init MobileOne-S0's outputs reach 1.6e15: 8.1e8 is rounding there, and the line says so."""
+    from onnxrep.report.report import Report
+    from onnxrep.verify.check import OutputCheck, Verification
+    from onnxrep.verify.local import LocalCheck
+
+    outputs = (OutputCheck("logits", 8.1e8, 1.6e15, 1.6e9, True),)
+    local = (LocalCheck("a", 6.4e9, 0.1, True, scale=3.2e16), LocalCheck("b", 1e-4, 0.1, True, scale=1e3))
+    line = Report(verification=Verification(True, outputs, {"x": (1, 3, 224, 224)}, 1.0, local)).format()
+    assert "local max error 2e-07 relative (6.4e+09 at values up to 3.2e+16) over 2 rewritten tensor(s)" in line
+    assert "outputs max error 5.1e-07 relative (8.1e+08 at values up to 1.6e+15, within rounding)" in line
+
+
+def test_json_lists_each_output_and_tensor_once_with_its_result_at_every_size():
+    train, _ = mobileone_stack(blocks=4)
+    _dynamic(train, 0, 2, 3)
+    _, report = onnxrep.optimize(train)
+    data = report.to_dict()["verification"]
+    sizes = [s["input_shapes"] for s in data["sizes"]]
+    assert sizes == [{"x": (1, 16, 32, 32)}, {"x": (2, 16, 37, 53)}] and data["noise_floor"] is None
+    tensors = data["local"]["tensors"]
+    assert data["local"]["checked"] == len(tensors) == len({t["tensor"] for t in tensors}) == 4
+    assert [o["name"] for o in data["outputs"]] == ["y"]
+    for entry in tensors + data["outputs"]:
+        assert [s["input_shapes"] for s in entry["by_size"]] == sizes and entry["passed"]

@@ -577,6 +577,51 @@ class RepViTClassifier(nn.Module):
 
 
 # ---------------------------------------------------------------------------
+# Ultralytics YOLO pieces (tools/export_detector.py builds a small detector from them)
+# ---------------------------------------------------------------------------
+
+
+class ConvBNAct(Reparam):
+    """Ultralytics' Conv: conv (no bias) → BN → SiLU; ``fuse()`` folds the BN into the conv."""
+
+    branches = ("conv", "bn")
+
+    def __init__(self, cin, cout, k=1, stride=1, groups=1, act=True):
+        super().__init__()
+        self.geometry = dict(cin=cin, stride=stride, padding=k // 2, groups=groups)
+        self.conv = nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False)
+        self.bn = nn.BatchNorm2d(cout, eps=1e-3)  # Ultralytics' initialize_weights: eps 1e-3
+        self.act = nn.SiLU() if act else nn.Identity()
+
+    def forward(self, x):
+        return self.act(self.reparam(x) if self.deployed else self.bn(self.conv(x)))
+
+    def kernel_bias(self):
+        return fuse_bn(self.conv.weight, self.bn)
+
+
+class YoloRepVGGDW(Reparam):
+    """YOLOv10's RepVGGDW: SiLU(dw7x7 conv-BN(x) + dw3x3 conv-BN(x)); ``fuse()`` gives one 7x7 dw conv."""
+
+    branches = ("conv", "conv1")
+
+    def __init__(self, dim):
+        super().__init__()
+        self.geometry = dict(cin=dim, stride=1, padding=3, groups=dim)
+        self.conv = ConvBNAct(dim, dim, 7, groups=dim, act=False)
+        self.conv1 = ConvBNAct(dim, dim, 3, groups=dim, act=False)
+        self.act = nn.SiLU()
+
+    def forward(self, x):
+        return self.act(self.reparam(x) if self.deployed else self.conv(x) + self.conv1(x))
+
+    def kernel_bias(self):
+        k7, b7 = self.conv.kernel_bias()
+        k3, b3 = self.conv1.kernel_bias()
+        return k7 + center_pad(k3, 7), b7 + b3
+
+
+# ---------------------------------------------------------------------------
 # Random "trained" parameters, deploy twins
 # ---------------------------------------------------------------------------
 

@@ -67,7 +67,15 @@ def lift_branch(tensor: gs.Tensor, sign: int, reader: gs.Node, ctx: Context, hin
     Conv branches, for ops whose shapes were not exported.
     """
     node = producer(tensor)
-    lifted = lift.lift(node, ctx, hint_of(tensor_input(node), hints))
+    try:
+        lifted = lift.lift(node, ctx, hint_of(tensor_input(node), hints, ctx))
+    except Refused as refusal:
+        if refusal.code != "shape-unknown":
+            raise
+        known = "ONNX shape inference fails on this graph" if ctx.inferred == {} else \
+            "ONNX shape inference cannot tell either"
+        raise Refused(refusal.code, f"{refusal.reason}: not in the exported shapes, and {known}",
+                      refusal.where) from None
     if lifted is None:
         return None
     if not ctx.private(tensor, reader):
@@ -79,7 +87,7 @@ def lift_branch(tensor: gs.Tensor, sign: int, reader: gs.Node, ctx: Context, hin
         if not ctx.private(source, reader):
             break
         try:  # the chain ends where an op does not lift or compose exactly: the branch starts there
-            inner = lift.lift(inner_node, ctx, hint_of(tensor_input(inner_node), hints))
+            inner = lift.lift(inner_node, ctx, hint_of(tensor_input(inner_node), hints, ctx))
             if inner is None or inner.layout != lifted.layout:
                 break
             composed = spec.merge_sequential(inner.spec, conv_spec, check_cost=False)
@@ -101,9 +109,9 @@ def tensor_input(node: gs.Node | None) -> gs.Tensor | None:
     return next((t for t in node.inputs if constant_value(t) is None), node.inputs[0])
 
 
-def hint_of(tensor: gs.Tensor | None, hints: Hints) -> Hint:
+def hint_of(tensor: gs.Tensor | None, hints: Hints, ctx: Context | None = None) -> Hint:
     """What is known of a tensor's layout: from the linear ops reading it, else its rank and axis-1
-    channels (from its shape or the ops that make it)."""
+    channels (from its shape or the ops that make it, else, with ``ctx``, ONNX shape inference)."""
     if tensor is None:
         return lift.NO_HINT
     if id(tensor) in hints:
@@ -112,6 +120,11 @@ def hint_of(tensor: gs.Tensor | None, hints: Hints) -> Hint:
     if known is not None:
         return Hint(known[0], known[2])
     rank, channels = _rank_and_channels(tensor)
+    if (rank is None or channels is None) and ctx is not None:
+        inferred = ctx.dims(tensor)  # runs shape inference (once a sweep) when the export left the shape out
+        if inferred is not None:
+            rank = len(inferred) if rank is None else rank
+            channels = channels if channels is not None or len(inferred) < 2 else inferred[1]
     return Hint(Layout.conv(rank - 2) if rank is not None and rank >= 2 else None, channels)
 
 

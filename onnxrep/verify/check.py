@@ -25,7 +25,6 @@ them (see :func:`verify`).
 
 from __future__ import annotations
 
-import itertools
 import os
 import tempfile
 import time
@@ -44,7 +43,9 @@ from onnxrep.errors import UnsupportedModel
 from onnxrep.io.files import too_big_for_protobuf
 from onnxrep.verify import feeds as feeding
 from onnxrep.verify import local as local_check
+from onnxrep.verify import sizes as sizing
 from onnxrep.verify.local import LocalCheck
+from onnxrep.verify.sizes import Unexercised
 from onnxrep.verify.tolerance import DEFAULT, Bound, Tolerance
 
 if TYPE_CHECKING:
@@ -65,7 +66,15 @@ class OutputCheck:
     scale: float  # largest |reference| value
     allowed: float  # error allowed at the largest value
     passed: bool
-    noise: float = 0.0  # how far the output moved in the noise run (max abs)
+    noise: float | None = None  # how far the output moved in the noise run (max abs); None: not run
+    size: int = 0  # the input size it was checked at: an index into Verification.sizes
+
+    @property
+    def uninformative(self) -> bool:
+        """The error allowed is as large as the output itself: an all-zero output would pass. So it is
+        when one rounding of the weights (the noise run) moves the output by an eighth of its size: a
+        TopK, ArgMax or NonMaxSuppression picking among near-tied values of an untrained model."""
+        return self.noise is not None and self.scale > 0 and self.allowed >= self.scale
 
 
 @dataclass(frozen=True)
@@ -80,6 +89,14 @@ class Verification:
     local_skipped: str | None = None  # why the local checks could not run
     other_sizes: tuple[dict[str, tuple[int, ...]], ...] = ()  # input shapes also checked (dynamic dims)
     other_sizes_skipped: str | None = None  # why a second size was not checked
+    size_notes: tuple[str, ...] = ()  # why each size was checked (as in ``sizes``)
+    unexercised: tuple[Unexercised, ...] = ()  # rewritten convs whose border taps no size exercised
+    uninformative: tuple[tuple[str, str], ...] = ()  # (output, why) the end-to-end check cannot tell
+
+    @property
+    def sizes(self) -> tuple[dict[str, tuple[int, ...]], ...]:
+        """Every input size checked, the first one first: entries' ``size`` index into it."""
+        return (self.input_shapes, *self.other_sizes)
 
     @property
     def bound_text(self) -> str:
@@ -91,8 +108,9 @@ class Verification:
         return max((o.max_abs_error for o in self.outputs), default=0.0)
 
     @property
-    def noise_floor(self) -> float:
-        return max((o.noise for o in self.outputs), default=0.0)
+    def noise_floor(self) -> float | None:
+        """The largest noise-run movement of an output; None when the noise run did not run."""
+        return max((o.noise for o in self.outputs if o.noise is not None), default=None)
 
     @property
     def local_max_abs_error(self) -> float:
@@ -177,7 +195,7 @@ def compare(name: str, reference: np.ndarray, actual: np.ndarray, noise: np.ndar
     moved = _moved(ref, noise, finite)
     if not tolerance.fixed:
         unit = unit_roundoff(reference.dtype)
-        allowed = tolerance.noise_multiple * moved + tolerance.rounding_factor * unit * scale
+        allowed = tolerance.noise_multiple * (moved or 0.0) + tolerance.rounding_factor * unit * scale
         passed = bool(same_nonfinite and np.all(error <= allowed))
         return OutputCheck(name, float(error.max(initial=0.0)), scale, allowed, passed, moved)
     rtol, atol = tolerance.rtol or 0.0, tolerance.atol or 0.0
@@ -186,8 +204,11 @@ def compare(name: str, reference: np.ndarray, actual: np.ndarray, noise: np.ndar
     return OutputCheck(name, float(error.max(initial=0.0)), scale, atol * scale + rtol * scale, passed, moved)
 
 
-def _moved(ref: np.ndarray, noise: np.ndarray | None, finite: np.ndarray) -> float:
-    if noise is None or noise.shape != ref.shape:
+def _moved(ref: np.ndarray, noise: np.ndarray | None, finite: np.ndarray) -> float | None:
+    """How far the noise run moved the output (None: no noise run)."""
+    if noise is None:
+        return None
+    if noise.shape != ref.shape:
         return 0.0
     moved = np.abs(noise.astype(np.float64)[finite] - ref[finite])
     return float(np.nan_to_num(moved, nan=0.0, posinf=0.0).max(initial=0.0))
@@ -258,9 +279,9 @@ def verify(original: onnx.ModelProto, optimized: onnx.ModelProto, *,
            input_shapes: dict[str, tuple[int, ...]] | None = None,
            tolerance: Tolerance = DEFAULT, seed: int = 0,
            local: bool = True, feeds: feeding.Inputs | None = None) -> Verification:
-    """Both models on ``feeds`` (a directory of .pb/.npy files, or name → value) or seeded random inputs.
-    ``local=False`` checks the outputs only: for two graphs whose tensor names do not correspond
-    (a training graph and its author's deploy graph).
+    """Both models on ``feeds`` (a directory of .pb/.npy files, or name → value) or seeded random inputs,
+    at one input size. ``local=False`` checks the outputs only: for two graphs whose tensor names do
+    not correspond (a training graph and its author's deploy graph).
 
     Runs what is needed and no more: the original (exposing the tensors the local
     checks read and compare) and the optimized model with its local copies, always;
@@ -269,14 +290,18 @@ def verify(original: onnx.ModelProto, optimized: onnx.ModelProto, *,
     differs by more than its own rounding.
     """
     with _Sessions(original, optimized, local) as sessions:
-        return _verify_once(sessions, input_shapes or {}, feeds, tolerance, seed)
+        result, _ = _verify_once(sessions, input_shapes or {}, feeds, tolerance, seed)
+        return _with_uninformative(result, original)
 
 
-def _verify_once(sessions: _Sessions, input_shapes, given, tolerance: Tolerance, seed) -> Verification:
-    """One input size, on sessions made once for every size."""
+def _verify_once(sessions: _Sessions, input_shapes, given, tolerance: Tolerance, seed,
+                 watch: frozenset[str] = frozenset()) -> tuple[Verification, dict[str, tuple]]:
+    """One input size, on sessions made once for every size; and the shapes the tensors in ``watch``
+    had (those the original computes or takes as inputs)."""
     start = time.perf_counter()
     original, optimized, checks = sessions.original_model, sessions.optimized_model, sessions.checks
     names, feeds, reference = _run_original(sessions, input_shapes, seed, given)
+    seen = {n: tuple(v.shape) for n in watch for v in [reference.get(n, feeds.get(n))] if isinstance(v, np.ndarray)}
     broken: list[str] = []  # anchors whose local copies do not even load on their own
     try:
         actual, computed = _run_optimized(sessions, reference, feeds, names)
@@ -305,7 +330,7 @@ def _verify_once(sessions: _Sessions, input_shapes, given, tolerance: Tolerance,
     skipped = sessions.skipped if unloadable is None else (
         f"the optimized model does not run ({unloadable}): its changed nodes were checked on their own")
     return Verification(passed, tuple(outputs), _shapes(feeds), time.perf_counter() - start, locals_,
-                        bound, tolerance, skipped)
+                        bound, tolerance, skipped), seen
 
 
 class _Sessions:
@@ -390,59 +415,70 @@ def _check_outputs(names, reference, actual, tolerance: Tolerance, noise_run) ->
     return [compare(n, r, a, moved.get(n), tolerance) for n, r, a in leaves], Bound.NOISE_FLOOR
 
 
-#: Dynamic dims at the second size: batch 2, then odd sizes (a pad or stride that lines up only for
-#: even sizes, or a reshape that mixes the batch in, shows there), one value per dim name.
-SECOND_BATCH = 2
-SECOND_DIMS = (37, 53, 29, 43, 31, 47)
-
-
-def second_size(model: onnx.ModelProto) -> dict[str, tuple[int, ...]] | None:
-    """Shapes for a second verification of a model with dynamic input dims (None: all static)."""
-    weights = {t.name for t in model.graph.initializer}
-    named: dict[str, int] = {}
-    odd = itertools.cycle(SECOND_DIMS)
-    shapes, dynamic = {}, False
-    for value in model.graph.input:
-        if value.name in weights or not value.type.HasField("tensor_type"):
-            continue
-        dims = []
-        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
-            if dim.HasField("dim_value") and dim.dim_value > 0:
-                dims.append(dim.dim_value)
-                continue
-            dynamic = True
-            key = dim.dim_param or f"{value.name}:{axis}"
-            if key not in named:
-                named[key] = SECOND_BATCH if axis == 0 else next(odd)
-            dims.append(named[key])
-        shapes[value.name] = tuple(dims)
-    return shapes if dynamic else None
-
-
 def verify_sizes(original: onnx.ModelProto, optimized: onnx.ModelProto, *,
                  input_shapes: dict[str, tuple[int, ...]] | None = None,
                  tolerance: Tolerance = DEFAULT, seed: int = 0,
                  local: bool = True, feeds: feeding.Inputs | None = None) -> Verification:
-    """:func:`verify` at the given (or default) input shapes and, for a model with dynamic dims and no
-    shapes or inputs given, again at :func:`second_size` where the original runs there; one set of
-    sessions serves both sizes."""
-    shapes = None if input_shapes or feeds is not None else second_size(original)
+    """:func:`verify` at every size :func:`onnxrep.verify.sizes.check_sizes` asks for, on one set of
+    sessions: the given (or default) shapes; for a model with dynamic dims and random inputs (given
+    shapes or not), a second, odd size where the original runs there; where some rewritten conv's taps
+    met no data at those and no shapes were given, a larger size of the model's family."""
     with _Sessions(original, optimized, local) as sessions:
-        first = _verify_once(sessions, input_shapes or {}, feeds, tolerance, seed)
-        if shapes is None:
-            return first
-        try:
-            second = _verify_once(sessions, shapes, None, tolerance, seed)
-        except UnsupportedModel as error:  # the original itself does not run there (a size it rejects)
-            return replace(first, other_sizes_skipped=f"{_describe(shapes)}: {error}")
-    return replace(first, passed=first.passed and second.passed, outputs=first.outputs + second.outputs,
-                   local=first.local + second.local, seconds=first.seconds + second.seconds,
-                   bound=Bound.NOISE_FLOOR if second.bound is Bound.NOISE_FLOOR else first.bound,
-                   other_sizes=(second.input_shapes,), local_skipped=first.local_skipped or second.local_skipped)
+        def run(shapes):
+            first = shapes is None
+            result, seen = _verify_once(sessions, (input_shapes or {}) if first else shapes,
+                                        feeds if first else None, tolerance, seed, watch)
+            return result, result.input_shapes, seen
+
+        watch = frozenset(w.input for w in sizing.windows(optimized, sessions.checks.changed))
+        checked = sizing.check_sizes(original, optimized, sessions.checks.changed, run,
+                                     given_shapes=bool(input_shapes), given_inputs=feeds is not None)
+    results = [r for r, _, _ in checked.runs]
+    first = results[0]
+    combined = replace(
+        first, passed=all(r.passed for r in results),
+        outputs=tuple(replace(o, size=i) for i, r in enumerate(results) for o in r.outputs),
+        local=tuple(replace(c, size=i) for i, r in enumerate(results) for c in r.local),
+        seconds=sum(r.seconds for r in results),
+        bound=next((r.bound for r in results if r.bound is Bound.NOISE_FLOOR), first.bound),
+        other_sizes=tuple(r.input_shapes for r in results[1:]),
+        local_skipped=next((r.local_skipped for r in results if r.local_skipped), None),
+        other_sizes_skipped=checked.skipped, size_notes=tuple(why for _, _, why in checked.runs),
+        unexercised=tuple(checked.unexercised))
+    return _with_uninformative(combined, original)
 
 
-def _describe(shapes: dict[str, tuple[int, ...]]) -> str:
-    return ", ".join(f"{k}={'x'.join(map(str, s))}" for k, s in shapes.items())
+#: Ops that select among their inputs' values by rank: near-tied values of an untrained model swap
+#: places under any rounding, and what follows them (the kept boxes, the scores) changes by whole values.
+SELECTING = ("TopK", "ArgMax", "ArgMin", "NonMaxSuppression")
+
+
+def _with_uninformative(result: Verification, original: onnx.ModelProto) -> Verification:
+    """The result with the outputs whose end-to-end check cannot tell (see OutputCheck.uninformative)."""
+    names = list(dict.fromkeys(o.name for o in result.outputs if o.uninformative))
+    if not names:
+        return result
+    why = []
+    for name in names:
+        found = _selecting_ancestors(original.graph, name.split("[")[0])
+        why.append((name, f"after {', '.join(found)}, which pick{'s' if len(found) == 1 else ''} among "
+                          "near-tied values" if found else "the model amplifies one rounding to the output's size"))
+    return replace(result, uninformative=tuple(why))
+
+
+def _selecting_ancestors(graph: onnx.GraphProto, name: str) -> list[str]:
+    """The SELECTING ops an output depends on, by op type."""
+    producers = {o: n for n in graph.node for o in n.output if o}
+    found, seen, todo = [], set(), [name]
+    while todo:
+        node = producers.get(todo.pop())
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.op_type in SELECTING and node.op_type not in found:
+            found.append(node.op_type)
+        todo += [i for i in node.input if i]
+    return found
 
 
 def _run_original(sessions: _Sessions, input_shapes, seed, given):

@@ -67,6 +67,8 @@ class LocalCheck:
     worst_ratio: float  # largest error / allowed error over the elements: passes when ≤ 1
     passed: bool
     region: tuple[str, ...] = ()  # of a failed check: the original's tensors its rewrites replaced
+    scale: float = 0.0  # the largest |value| of the original's tensor
+    size: int = 0  # the input size it was checked at: an index into Verification.sizes
 
 
 @dataclass
@@ -427,4 +429,5 @@ def compare(anchor: str, reference: np.ndarray, local: np.ndarray, magnitude: np
     # an element both sides compute exactly (a zero magnitude) must match exactly
     ratio = np.divide(error, allowed, out=np.where(error > 0, np.inf, 0.0).astype(work), where=allowed > 0)
     worst = float(ratio.max(initial=0.0))
-    return LocalCheck(anchor, float(error.max(initial=0.0)), worst, worst <= 1.0)
+    scale = float(np.abs(ref).max(initial=0.0))
+    return LocalCheck(anchor, float(error.max(initial=0.0)), worst, worst <= 1.0, scale=scale)
