@@ -29,10 +29,6 @@ MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
 NO_OP_CAST = "a no-op Cast(to=FLOAT) of a float tensor is not removed"
 #: case.exporter → what it waits for (issue 21, "What to build" 1–3).
 MISSING = {
-    "vit_lora.ts": f"{NO_OP_CAST} (one after each LoRA join)",
-    "vit_lora2.ts": f"{NO_OP_CAST} (one after each LoRA join)",
-    "conv_lora.ts": f"{NO_OP_CAST}: it sits between each merged conv and its BatchNormalization",
-    "conv_lora2.ts": f"{NO_OP_CAST}: it sits between each merged conv and its BatchNormalization",
     "vit_dora.ts": "DoRA's c = m/‖W + s·BA‖ is computed from constants (EyeLike, MatMul, ReduceL2 are not "
                    f"folded); the base output is read twice inside its join; {NO_OP_CAST}",
     "vit_dora.dynamo": "the base output is read twice inside its join (base + (c−1)·(base − bias)), and the "
@@ -106,7 +102,7 @@ def test_fixtures_are_what_they_claim():
 
 # --- a BatchNormalization or affine next to a fold-able producer always gets a refusal line ---------
 
-UNEXPLAINED = {"conv_lora.ts", "conv_lora2.ts", "conv_dora.ts", "csp.ts", "csp.dynamo", "dense.ts", "dense.dynamo"}
+UNEXPLAINED = {"conv_dora.ts", "csp.ts", "csp.dynamo", "dense.ts", "dense.dynamo"}
 
 
 def explain_params():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from onnxrep.rewrite.contract import Rule
 from onnxrep.rules import (
+    drop_noop_casts,
     fold_bias_pad,
     fold_constants,
     fold_conv_affine,
@@ -23,6 +24,7 @@ from onnxrep.rules import (
 #: plain Conv branches that merge_parallel can lift.
 DEFAULT_RULES: tuple[Rule, ...] = (
     fold_constants.RULE,
+    drop_noop_casts.RULE,
     fold_whole_write.RULE,
     fold_pad_conv.RULE,
     fold_conv_affine.RULE,
