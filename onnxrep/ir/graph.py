@@ -180,6 +180,21 @@ def _constant_node_value(node: gs.Node) -> np.ndarray | None:
     return None
 
 
+def evaluate(node: gs.Node, opset: int, values: list) -> list[np.ndarray]:
+    """The node's outputs on ``values`` (one per input, None for an empty one), by ONNX's reference
+    implementation at the graph's opset (a lone NodeProto would run at the newest: Unsqueeze-11's
+    axes attribute, Split-11's split, ... would then fail or mean something else)."""
+    from onnx.reference import ReferenceEvaluator
+    from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
+
+    proto = OnnxExporter.export_node(node)
+    feeds = {name: value for name, value in zip(proto.input, values) if name}
+    graph = onnx.helper.make_graph([proto], "evaluate", [onnx.ValueInfoProto(name=n) for n in feeds],
+                                   [onnx.ValueInfoProto(name=n) for n in proto.output])
+    outputs = ReferenceEvaluator(graph, opsets={"": opset}).run(None, feeds)
+    return [np.asarray(v) for v in outputs]
+
+
 #: A shared weight whose private copy costs at most this fraction of the model's weights is copied.
 #: One in a thousand keeps the growth of any real model invisible (a 10 MB model grows by at most
 #: 10 KB a copy, the report counts every byte); in the small test graphs no kernel is that small, so a

@@ -141,7 +141,7 @@ class Report:
 
 
 #: Rules that tidy what exporters leave rather than re-parameterize: summarized, not listed, unless -v.
-HOUSEKEEPING = ("fold_constants", "drop_noop_casts", "fold_whole_write")
+HOUSEKEEPING = ("fold_constants", "drop_noop_casts", "fold_constant_sums", "fold_whole_write")
 
 #: (a refusal code, what would help).
 HINTS = (

@@ -8,6 +8,7 @@ from onnxrep.rewrite.contract import Rule
 from onnxrep.rules import (
     drop_noop_casts,
     fold_bias_pad,
+    fold_constant_sums,
     fold_constants,
     fold_conv_affine,
     fold_pad_conv,
@@ -25,6 +26,7 @@ from onnxrep.rules import (
 DEFAULT_RULES: tuple[Rule, ...] = (
     fold_constants.RULE,
     drop_noop_casts.RULE,
+    fold_constant_sums.RULE,
     fold_whole_write.RULE,
     fold_pad_conv.RULE,
     fold_conv_affine.RULE,
