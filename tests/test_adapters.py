@@ -33,8 +33,6 @@ MISSING = {
                    f"folded); the base output is read twice inside its join; {NO_OP_CAST}",
     "vit_dora.dynamo": "the base output is read twice inside its join (base + (c−1)·(base − bias)), and the "
                        "identity + per-channel affine on a MatMul output is priced as a dense matrix",
-    "conv_dora.ts": "DoRA's c = m/‖W + s·BA‖ is computed from constants (Gemm, ReduceL2 are not folded); "
-                    f"{NO_OP_CAST}",
     "csp.ts": "a BatchNormalization after a Concat is not split per channel segment",
     "csp.dynamo": "a BatchNormalization after a Concat is not split per channel segment",
     "dense.ts": "a BatchNormalization after a Concat is not split per channel segment",
@@ -102,7 +100,7 @@ def test_fixtures_are_what_they_claim():
 
 # --- a BatchNormalization or affine next to a fold-able producer always gets a refusal line ---------
 
-UNEXPLAINED = {"conv_dora.ts", "csp.ts", "csp.dynamo", "dense.ts", "dense.dynamo"}
+UNEXPLAINED = {"csp.ts", "csp.dynamo", "dense.ts", "dense.dynamo"}
 
 
 def explain_params():
