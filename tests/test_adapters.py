@@ -26,13 +26,8 @@ from onnxrep.testing import GraphBuilder
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "adapters"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
 
-NO_OP_CAST = "a no-op Cast(to=FLOAT) of a float tensor is not removed"
 #: case.exporter → what it waits for (issue 21, "What to build" 1–3).
 MISSING = {
-    "vit_dora.ts": "DoRA's c = m/‖W + s·BA‖ is computed from constants (EyeLike, MatMul, ReduceL2 are not "
-                   f"folded); the base output is read twice inside its join; {NO_OP_CAST}",
-    "vit_dora.dynamo": "the base output is read twice inside its join (base + (c−1)·(base − bias)), and the "
-                       "identity + per-channel affine on a MatMul output is priced as a dense matrix",
     "csp.ts": "a BatchNormalization after a Concat is not split per channel segment",
     "csp.dynamo": "a BatchNormalization after a Concat is not split per channel segment",
     "dense.ts": "a BatchNormalization after a Concat is not split per channel segment",
