@@ -15,6 +15,13 @@ spoiling the rest. Operands that do not merge stay in a smaller join.
 
 Conditions:
   1. Every merged branch's output is read by the join only (no graph output).
+     When that leaves operands unmerged, a tensor read by several nodes of
+     the join's own region (the nodes only the join's result depends on) may
+     be followed back too, by each branch that reads it (DoRA:
+     ``base + (c − 1)·(base − b) + c·s·B(A(x))`` reads base twice, and each
+     branch becomes a spec of x), provided nothing left outside the rewrite
+     reads what it removes. The cost is judged for the whole join: a rank-r
+     LoRA chain, costlier as one matrix on its own, costs nothing summed into W.
   2. Weights are constants read by that branch only.
   3. The branches' output shapes are equal for every input size (so the join
      never broadcasts among them) and their taps line up.
