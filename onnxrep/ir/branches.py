@@ -8,6 +8,7 @@ branches of one source; merge_concat stacks them.
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,7 +58,7 @@ def _linear_producer(tensor: gs.Tensor) -> gs.Node | None:
 
 
 def lift_branch(tensor: gs.Tensor, sign: int, reader: gs.Node, ctx: Context, hints: Hints,
-                region: set[int] | None = None) -> Branch | None:
+                region: Container[int] | None = None) -> Branch | None:
     """The operand as a branch of its source; None when it is no linear op at all; raises Refused
     when it is one but cannot be lifted or is read elsewhere.
 
@@ -98,7 +99,7 @@ def lift_branch(tensor: gs.Tensor, sign: int, reader: gs.Node, ctx: Context, hin
     return Branch(tensor, sign, source, conv_spec, lifted.layout, tuple(nodes), node.name, dtype, has_bias)
 
 
-def _private(tensor: gs.Tensor, reader: gs.Node, ctx: Context, region: set[int] | None) -> bool:
+def _private(tensor: gs.Tensor, reader: gs.Node, ctx: Context, region: Container[int] | None) -> bool:
     """``reader`` alone reads ``tensor``, or (with a region) only nodes of the region do."""
     if ctx.private(tensor, reader):
         return True

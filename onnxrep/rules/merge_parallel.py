@@ -124,10 +124,10 @@ def _lift(tensor, sign, reader, ctx: Context, ranks, region) -> tuple[Branch | N
 REGION_OPS = (*JOIN_OPS, *LIFTERS)
 
 
-def _region(root: gs.Node, ctx: Context) -> set[int]:
-    """Ids of the nodes whose results only ``root``'s result depends on: the root, and back from it
+def _region(root: gs.Node, ctx: Context) -> dict[int, gs.Node]:
+    """The nodes (by id) whose results only ``root``'s result depends on: the root, and back from it
     every join or liftable op whose outputs are read by nodes of the region only (no graph output)."""
-    region, todo = {id(root)}, [producer(t) for t in root.inputs]
+    region, todo = {id(root): root}, [producer(t) for t in root.inputs]
     while todo:
         node = todo.pop()
         if node is None or id(node) in region or not is_op(node, *REGION_OPS):
@@ -135,9 +135,17 @@ def _region(root: gs.Node, ctx: Context) -> set[int]:
         if any(id(t) in ctx.graph_outputs or not t.outputs or any(id(r) not in region for r in t.outputs)
                for t in node.outputs):
             continue  # read outside (so far): looked at again when another of its readers joins
-        region.add(id(node))
+        region[id(node)] = node
         todo.extend(producer(t) for t in node.inputs)
     return region
+
+
+def _read_twice_inside(region: dict[int, gs.Node], ctx: Context) -> bool:
+    """Whether some computed tensor is read more than once, by nodes of the region only: the one thing
+    the region changes (else matching again would find what the first match found)."""
+    return any(len(t.outputs) > 1 and producer(t) is not None and id(t) not in ctx.graph_outputs
+               and all(id(r) in region for r in t.outputs)
+               for node in region.values() for t in node.inputs)
 
 
 def _self_contained(join: Join, ctx: Context) -> bool:
@@ -165,16 +173,19 @@ def match(ctx: Context, root: gs.Node) -> Join | None:
     strict = _match(ctx, root, None)
     if strict is not None and not strict.rest:
         return strict
+    region = _region(root, ctx)
+    if not _read_twice_inside(region, ctx):
+        return strict
     notes = ctx.notes[mark:]
     del ctx.notes[mark:]
-    wide = _match(ctx, root, _region(root, ctx))
+    wide = _match(ctx, root, region)
     if wide is not None and _self_contained(wide, ctx) and (strict is None or len(wide.rest) < len(strict.rest)):
         return wide
     ctx.notes[mark:] = notes
     return strict
 
 
-def _match(ctx: Context, root: gs.Node, region: set[int] | None) -> Join | None:
+def _match(ctx: Context, root: gs.Node, region: dict[int, gs.Node] | None) -> Join | None:
     operands, joins = [], []
     _flatten(root, 1, ctx, operands, joins)
     where = f"{root.op} {root.name}"
