@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxrep.errors import VerificationFailed
-from onnxrep.io import files as io
+from onnxrep.errors import UsageError, VerificationFailed
+from onnxrep.io import files, header
 from onnxrep.ir import convert
 from onnxrep.options import Options
 from onnxrep.report.report import ModelStats, Report
@@ -92,9 +92,10 @@ def optimize(model: onnx.ModelProto | gs.Graph | str | os.PathLike, options: Opt
     else:
         path = model
         step("load")
-        model = io.load_model(path)
+        model = files.load_model(path)
         timings["load"] = time.perf_counter() - start
         before = ModelStats.of(model, _size_on_disk(path, model))
+    _check_input_shapes(options.input_shapes, model)
 
     start = time.perf_counter()
     step("rewrite")
@@ -105,13 +106,13 @@ def optimize(model: onnx.ModelProto | gs.Graph | str | os.PathLike, options: Opt
         loaded = [model]
         del model
         optimized, report = _rewrite(loaded[0], rules, free_model=loaded.clear)
-    timings["optimize"] = time.perf_counter() - start
+    timings["rewrite"] = time.perf_counter() - start
 
     if options.verify:
         start = time.perf_counter()
         step("verify")
         if path is not None:
-            model = io.load_model(path)
+            model = files.load_model(path)
 
         from onnxrep.verify.check import verify_sizes  # onnxruntime is loaded only to verify
 
@@ -128,6 +129,15 @@ def optimize(model: onnx.ModelProto | gs.Graph | str | os.PathLike, options: Opt
         error.report = report
         raise error
     return optimized, report
+
+
+def _check_input_shapes(shapes, model: onnx.ModelProto) -> None:
+    """Before any work: every input shape names an input of the model, with its rank and static dims (a
+    shape that fits nothing would otherwise be ignored, and the verification pass at the default size)."""
+    inputs = header.model_inputs(model) if shapes else {}
+    problems = [p for p in (header.shape_problem(n, s, inputs) for n, s in shapes.items()) if p]
+    if problems:
+        raise UsageError("input_shapes: " + "; ".join(problems))
 
 
 def _verified(model, rules, optimized, report, check_model, step) -> tuple[onnx.ModelProto, Report]:
@@ -233,7 +243,7 @@ def _first_failing(model, rules, applied: list[Rewrite], blocked, check_model) -
 def _size_on_disk(path, model: onnx.ModelProto) -> int:
     """The model file's size plus its external data files' (the loaded model no longer names them)."""
     size = os.path.getsize(path)
-    if io.weight_bytes(model) <= size:
+    if files.weight_bytes(model) <= size:
         return size  # the weights fit in the file itself
     header = onnx.load(path, load_external_data=False)  # small: the weights are elsewhere
     locations = {entry.value for tensor in header.graph.initializer

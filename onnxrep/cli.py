@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import multiprocessing
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 import click
 
 from onnxrep import __version__
-from onnxrep.errors import EXIT_CODES, OnnxrepError, OutputError, UnsupportedModel
+from onnxrep.errors import EXIT_CODES, INSPECT_EXIT_CODES, OnnxrepError, OutputError, UnsupportedModel
 from onnxrep.io import header as inputs
 from onnxrep.report import terminal
 
@@ -27,17 +28,25 @@ if TYPE_CHECKING:
 
 # onnx, onnxruntime and the rules are imported by the commands that use them: `--help` takes 0.1 s, not 1 s.
 
-EXIT_CODE_HELP = "\b\nExit codes:\n" + "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES)
+def _exit_code_help(codes) -> str:
+    return "\b\nExit codes:\n" + "\n".join(f"  {code:>2}  {text}" for code, text in codes)
+
+
+EXIT_CODE_HELP, INSPECT_EXIT_CODE_HELP = _exit_code_help(EXIT_CODES), _exit_code_help(INSPECT_EXIT_CODES)
+SHAPE_FORMAT = "expected NAME:DxD.., e.g. input:1x3x224x224"
 
 
 def _parse_shape(value: str) -> tuple[str, tuple[int, ...]]:
     name, sep, dims = value.rpartition(":")
     try:
         shape = tuple(int(d) for d in dims.lower().split("x"))
-        if not sep or not name or any(d <= 0 for d in shape):
-            raise ValueError
     except ValueError:
-        raise click.BadParameter(f"{value!r}: expected NAME:DxDxD, e.g. input:1x3x224x224") from None
+        shape = None
+    if not sep or not name or shape is None:
+        raise click.UsageError(f"--input-shape {value}: {SHAPE_FORMAT}")
+    problem = inputs.shape_problem(name, shape, {})
+    if problem and "every dim" in problem:  # a 0 or a negative size: named, not merely "expected ..."
+        raise click.UsageError(f"--input-shape {problem}")
     return name, shape
 
 
@@ -47,7 +56,7 @@ def _input_shapes(ctx, param, values: tuple[str, ...]) -> dict[str, tuple[int, .
     names = [name for name, _ in shapes]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
-        raise click.BadParameter(f"{', '.join(twice)} given more than once", param_hint="'--input-shape'")
+        raise click.UsageError(f"--input-shape {', '.join(twice)} given more than once")
     return dict(shapes)
 
 
@@ -60,7 +69,30 @@ def _check_input_shapes(shapes, input_paths) -> None:
         problems = [p for p in (inputs.shape_problem(n, s, model_inputs) for n, s in shapes.items()) if p]
         if problems:
             where = f"{path}: " if len(input_paths) > 1 else ""
-            raise click.BadParameter(where + "; ".join(problems), param_hint="'--input-shape'")
+            raise click.UsageError(f"{where}--input-shape " + "; ".join(problems))
+
+
+def _a_number(ctx, param, value: float | None) -> float | None:
+    """A click callback: FloatRange lets NaN through (every comparison with it is false)."""
+    if value is not None and value != value:
+        raise click.BadParameter(f"{value} is not a number ≥ 0")
+    return value
+
+
+@contextlib.contextmanager
+def _usage_errors_on_one_line():
+    """A usage error is one ``onnxrep: error:`` line with exit code 2, like every other bad input (click
+    would print a Usage/Try/Error block of four)."""
+    try:
+        yield
+    except click.UsageError as error:
+        if isinstance(error, getattr(click.exceptions, "NoArgsIsHelpError", ())):
+            raise  # `onnxrep` alone: the help, as click shows it
+        message = " ".join(error.format_message().split())
+        if message[:1].isupper() and message[1:2].islower():
+            message = message[0].lower() + message[1:]  # click's "Invalid value for ..." reads as ours do
+        click.echo(f"onnxrep: error: {message}", err=True)
+        raise SystemExit(error.exit_code) from None
 
 
 class Main(click.Group):
@@ -71,15 +103,15 @@ class Main(click.Group):
         return super().main(*args, **kwargs)
 
     def make_context(self, *args, **kwargs):  # where --help and --version print
-        with terminal.quiet_on_closed_pipe():
+        with terminal.quiet_on_closed_pipe(), _usage_errors_on_one_line():
             return super().make_context(*args, **kwargs)
 
-    def invoke(self, ctx):
-        with terminal.quiet_on_closed_pipe():
+    def invoke(self, ctx):  # the command's own parsing too
+        with terminal.quiet_on_closed_pipe(), _usage_errors_on_one_line():
             return super().invoke(ctx)
 
 
-@click.group(cls=Main, epilog=EXIT_CODE_HELP)
+@click.group(cls=Main, epilog="Each command's --help lists its options and exit codes.")
 @click.version_option(__version__, prog_name="onnxrep")
 def main() -> None:
     """Structural re-parameterization of ONNX models: training-time branches → one Conv."""
@@ -202,9 +234,9 @@ def _below(path: Path, directory: Path) -> bool:
 @click.option("-j", "--jobs", type=click.IntRange(1), help="Batch mode: worker processes (default: CPUs).")
 @click.option("--force", is_flag=True, help="Allow OUT to be the same file as IN.")
 @click.option("--no-verify", "verify", flag_value=False, default=True, help="Skip the onnxruntime comparison.")
-@click.option("--rtol", type=click.FloatRange(min=0),
+@click.option("--rtol", type=click.FloatRange(min=0), callback=_a_number,
               help="Relative tolerance of the outputs, instead of the model's measured noise floor.")
-@click.option("--atol", type=click.FloatRange(min=0),
+@click.option("--atol", type=click.FloatRange(min=0), callback=_a_number,
               help="Absolute tolerance of the outputs, times each output's largest magnitude "
                    "(instead of the noise floor).")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:DxD..", callback=_input_shapes,
@@ -233,7 +265,7 @@ def optimize_command(paths, output_dir, recursive, jobs, json_path, html_path, q
     try:
         select_rules(options.only, options.skip)
     except ValueError as error:
-        raise click.BadParameter(str(error)) from None
+        raise click.UsageError(f"--only/--skip: {error}") from None
     if output_dir is not None:
         if html_path:
             raise click.UsageError("--html draws one model: give IN and OUT, or run inspect --html on each")
@@ -291,7 +323,8 @@ def _run_batch(paths, output_dir: Path, recursive, jobs, options: Options, param
     if json_path:
         with open(json_path, "w") as f:
             json.dump([{"input": o.job.input_path, "output": o.job.output_path, "exit_code": o.code,
-                        "error": o.error, "report": o.report.to_dict() if o.report else None}
+                        "error": _reason(o)[1] if o.code else None,
+                        "report": o.report.to_dict() if o.report else None}
                        for o in outcomes], f, indent=2)
     if any(o.code for o in outcomes):
         sys.exit(10)
@@ -302,7 +335,8 @@ def _print_summary(outcomes: list[Outcome], output_dir: Path, quiet: bool) -> No
     failed = [o for o in outcomes if o.code]
     if quiet:
         for o in failed:
-            click.echo(f"{o.job.input_path}: {o.error}", err=True)
+            prefix, reason = _reason(o)
+            click.echo(f"{prefix}{o.job.input_path}: {reason}", err=True)
         if failed:
             click.echo(f"{len(outcomes) - len(failed)} of {len(outcomes)} optimized into {output_dir}", err=True)
         return
@@ -311,14 +345,21 @@ def _print_summary(outcomes: list[Outcome], output_dir: Path, quiet: bool) -> No
         r = o.report
         nodes = f"{r.before.nodes} → {r.after.nodes}" if r and r.after else "-"
         error = f"{r.verification.max_abs_error:.2g}" if r and r.verification else "-"
-        rows.append((o.job.input_path, nodes, error, "ok" if o.code == 0 else f"exit {o.code}: {o.error}"))
+        rows.append((o.job.input_path, nodes, error, "ok" if o.code == 0 else f"exit {o.code}: {_reason(o)[1]}"))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:
         click.echo(("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[3]).rstrip())
     click.echo(f"{len(outcomes) - len(failed)} of {len(outcomes)} optimized into {output_dir}")
 
 
-@main.command(name="inspect", epilog=EXIT_CODE_HELP)
+def _reason(outcome: Outcome) -> tuple[str, str]:
+    """A failed file's error line as (``onnxrep: error: ``, the reason), the reason without the file's name:
+    the batch summary names the file once."""
+    prefix, sep, reason = outcome.error.partition("error: ")
+    return prefix + sep, reason.removeprefix(f"{outcome.job.input_path}: ")
+
+
+@main.command(name="inspect", epilog=INSPECT_EXIT_CODE_HELP)
 @click.argument("input_path", metavar="IN", type=click.Path(path_type=str))
 @click.option("--only", multiple=True, metavar="RULE", help="Consider only this rule (repeatable).")
 @click.option("--skip", multiple=True, metavar="RULE", help="Do not consider this rule (repeatable).")
@@ -334,7 +375,7 @@ def inspect_command(input_path, only, skip, json_path, html_path, verbose) -> No
     try:
         rules = select_rules(only, skip)
     except ValueError as error:
-        raise click.BadParameter(str(error)) from None
+        raise click.UsageError(f"--only/--skip: {error}") from None
     _check_json_path(json_path, [input_path])
     _check_json_path(html_path, [input_path], [json_path] if json_path else [], "--html")
     try:
@@ -342,6 +383,10 @@ def inspect_command(input_path, only, skip, json_path, html_path, verbose) -> No
     except OnnxrepError as error:
         click.echo(f"onnxrep: error: {error}", err=True)
         sys.exit(error.exit_code)
+    except Exception as error:  # a bug: one line, not a traceback (optimize --no-verify --debug shows it)
+        click.echo(f"onnxrep: internal error: {type(error).__name__}: {error} (please report it; "
+                   "'onnxrep optimize IN OUT --no-verify --debug' shows the traceback)", err=True)
+        sys.exit(1)
     click.echo(f"{input_path}: {report.before.nodes} nodes → {report.after.nodes} after re-parameterization")
     for line in report.fired_lines():
         click.echo(line)
@@ -358,14 +403,14 @@ def inspect_command(input_path, only, skip, json_path, html_path, verbose) -> No
                        **{k: v for k, v in report.to_dict().items() if k in ("before", "after", "refusals")}},
                       f, indent=2)
     if html_path:
-        _write_html(html_path, input_path, optimized, report)
+        _write_html(html_path, input_path, optimized, report, verified=False)
 
 
-def _write_html(path: str, input_path: str, optimized, report) -> None:
+def _write_html(path: str, input_path: str, optimized, report, verified: bool = True) -> None:
     from onnxrep.io import files as io
     from onnxrep.report import html
 
-    page = html.render(io.load_model(input_path), optimized, report, os.path.basename(input_path))
+    page = html.render(io.load_model(input_path), optimized, report, os.path.basename(input_path), verified)
     try:
         with open(path, "w", encoding="utf-8") as f:
             f.write(page)

@@ -11,10 +11,15 @@ class OnnxrepError(Exception):
     exit_code = 1
 
 
-class BadInputs(OnnxrepError):
-    """Verification inputs (``--inputs DIR``, ``inputs=``) that do not fit the model: bad usage."""
+class UsageError(OnnxrepError):
+    """An option that does not fit the model (``--input-shape``, ``input_shapes=``): bad usage, like the
+    command-line errors click reports."""
 
     exit_code = 2
+
+
+class BadInputs(UsageError):
+    """Verification inputs (``--inputs DIR``, ``inputs=``) that do not fit the model: bad usage."""
 
 
 class InputNotFound(OnnxrepError):
@@ -45,7 +50,7 @@ class VerificationFailed(OnnxrepError):
     exit_code = 9
 
 
-#: (code, meaning) rows for the README and ``--help``.
+#: (code, meaning) rows of ``onnxrep optimize`` for the README and ``--help``.
 EXIT_CODES = (
     (0, "success: the optimized model was written"),
     (1, "internal error in onnxrep (a bug: please report it, with --debug output)"),
@@ -61,4 +66,14 @@ EXIT_CODES = (
         "directory, not a regular file, disk full"),
     (9, "verification failed: the optimized model's outputs differ; nothing was written"),
     (10, "batch mode (-o OUTDIR): one or more files failed; the summary says which and why"),
+)
+
+#: (code, meaning) rows of ``onnxrep inspect``: it writes no model and runs no verification.
+INSPECT_EXIT_CODES = (
+    (0, "success: the findings were listed (nothing is written but --json/--html FILE)"),
+    (1, "internal error in onnxrep (a bug: please report it)"),
+    (2, "bad command-line usage"),
+    *((code, text) for code, text in EXIT_CODES if code in (3, 4, 5, 6)),
+    (7, "unsupported model: opset outside the supported range"),
+    (8, "--json or --html FILE unusable: an input, missing or read-only directory, not a regular file"),
 )

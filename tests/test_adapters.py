@@ -3,9 +3,8 @@
 Fixtures from tools/export_adapters.py (tests/fixtures/adapters/): each train export, optimized,
 verifies, reaches its twin's op histogram (PEFT's merge_and_unload(), or a hand fusion of the
 BatchNorm after a Concat) or fewer nodes with no more of any op, and equals the twin's outputs.
-Cases that need issue 21's rules are strict xfails naming what is missing: they flip when the
-rules land. The negatives (a Concat on another axis, a producer read elsewhere, a broadcasting
-constant, a Q/DQ model's branches) must hold today and after.
+The negatives (a Concat on another axis, a producer read elsewhere, a broadcasting constant, a
+Q/DQ model's branches) hold too.
 """
 
 from __future__ import annotations
@@ -26,21 +25,8 @@ from onnxrep.testing import GraphBuilder
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "adapters"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
 
-#: case.exporter → what it waits for (issue 21, "What to build" 1–3).
-MISSING = {
-    "csp.ts": "a BatchNormalization after a Concat is not split per channel segment",
-    "csp.dynamo": "a BatchNormalization after a Concat is not split per channel segment",
-    "dense.ts": "a BatchNormalization after a Concat is not split per channel segment",
-    "dense.dynamo": "a BatchNormalization after a Concat is not split per channel segment",
-}
-
-
-def case_params():
-    for case, entry in MANIFEST["cases"].items():
-        for exporter in entry["files"]:
-            key = f"{case}.{exporter}"
-            marks = [pytest.mark.xfail(strict=True, reason=f"issue 21: {MISSING[key]}")] if key in MISSING else []
-            yield pytest.param(case, exporter, id=key, marks=marks)
+CASES = [pytest.param(case, exporter, id=f"{case}.{exporter}")
+         for case, entry in MANIFEST["cases"].items() for exporter in entry["files"]]
 
 
 def load_pair(case: str, exporter: str) -> tuple[onnx.ModelProto, onnx.ModelProto]:
@@ -66,7 +52,7 @@ def assert_close(got: np.ndarray, want: np.ndarray, rtol: float = 1e-4, atol: fl
     np.testing.assert_allclose(got, want, rtol=rtol, atol=atol * scale)
 
 
-@pytest.mark.parametrize("case,exporter", list(case_params()))
+@pytest.mark.parametrize("case,exporter", CASES)
 def test_train_export_reaches_its_twin(case, exporter):
     train, twin = load_pair(case, exporter)
     optimized, report = onnxrep.optimize(train)
@@ -95,19 +81,7 @@ def test_fixtures_are_what_they_claim():
 
 # --- a BatchNormalization or affine next to a fold-able producer always gets a refusal line ---------
 
-UNEXPLAINED = {"csp.ts", "csp.dynamo", "dense.ts", "dense.dynamo"}
-
-
-def explain_params():
-    for case, entry in MANIFEST["cases"].items():
-        for exporter in entry["files"]:
-            key = f"{case}.{exporter}"
-            marks = [pytest.mark.xfail(strict=True, reason="issue 21: a BatchNormalization is left with no "
-                                                            "refusal line")] if key in UNEXPLAINED else []
-            yield pytest.param(case, exporter, id=key, marks=marks)
-
-
-@pytest.mark.parametrize("case,exporter", list(explain_params()))
+@pytest.mark.parametrize("case,exporter", CASES)
 def test_every_batchnorm_left_has_a_refusal_line(case, exporter):
     train, _ = load_pair(case, exporter)
     optimized, report = onnxrep.optimize(train)
@@ -174,18 +148,15 @@ def test_broadcasting_constant_after_concat_is_left_alone(shape):
     assert histogram(optimized) == histogram(model)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 21: a BatchNormalization after a Concat is not split per segment")
 def test_bn_after_concat_folds_into_each_segments_conv():
     optimize_and_check(concat_graph(73), {"Conv": 2, "Concat": 1, "Sigmoid": 1})
 
 
-@pytest.mark.xfail(strict=True, reason="issue 21: a per-channel Mul/Add after a Concat is not split per segment")
 def test_per_channel_mul_add_after_concat_folds_into_each_segments_conv():
     model = concat_graph(74, after=[("mul", (1, 10, 1, 1)), ("add", (1, 10, 1, 1))])
     optimize_and_check(model, {"Conv": 2, "Concat": 1, "Sigmoid": 1})
 
 
-@pytest.mark.xfail(strict=True, reason="issue 21: a BatchNormalization after a Concat is not split per segment")
 def test_bn_after_concat_keeps_a_smaller_affine_on_a_segment_that_cannot_fold():
     """DenseNet's cat(x-like part, conv(x)): the relu segment keeps a 6-channel affine, the conv takes its own."""
     model = concat_graph(75, identity_part=True)
@@ -216,8 +187,6 @@ def test_qdq_model_stays_correct_and_unmerged(name, kind):
 
 
 @pytest.mark.parametrize("name", list(MANIFEST["qdq"]))
-@pytest.mark.xfail(strict=True, reason="issue 21: quantized branches get no grouped reason (the report says "
-                                       "'a deploy graph already?')")
 def test_qdq_branches_get_one_grouped_reason(name):
     model = onnx.load(FIXTURES / MANIFEST["qdq"][name]["files"]["train"])
     _, report = onnxrep.optimize(model)

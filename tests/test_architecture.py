@@ -116,17 +116,3 @@ def test_no_onnxruntime_without_verification(argv):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "False"
 
-
-def test_included_files_in_the_docs_are_the_files():
-    """A fenced block right after ``<!-- include: PATH -->`` is the text of PATH (docs/internals.md walks
-    through a real rule module: it cannot go stale)."""
-    import re
-
-    root = PACKAGE.parent
-    found = 0
-    for doc in sorted((root / "docs").glob("*.md")):
-        text = doc.read_text()
-        for path, block in re.findall(r"<!-- include: (\S+) -->\n```\w*\n(.*?)```", text, re.S):
-            assert block == (root / path).read_text(), f"{doc.name}: the copy of {path} is stale"
-            found += 1
-    assert found

@@ -36,7 +36,8 @@ def test_optimize_prints_report_and_writes(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     for text in ("BatchNormalization", "nodes", "parameters", "file size", "fold_conv_affine ×16",
-                 "merge_parallel ×8", "verification: passed", "local max error", "within rounding", f"wrote {out}"):
+                 "merge_parallel ×8", "verification: passed", "local max error", "within rounding", f"wrote {out}",
+                 "at input=1x3x32x32 and input=2x3x32x32\n", "time: load "):
         assert text in result.stdout, text
     onnx.checker.check_model(onnx.load(out), full_check=True)
     report = json.loads((tmp_path / "r.json").read_text())
@@ -62,19 +63,49 @@ def test_input_shape_option(tmp_path):
 
 
 @pytest.mark.parametrize("shapes, message", [
-    (["inp:1x3x32x32"], "the model has no input 'inp'; its inputs: input [N, 3, 32, 32]"),
-    (["input:1x3x32"], "input 'input' has 4 dims (input [N, 3, 32, 32]), not 3"),
-    (["input:1x3x64x32"], "its dim 2 is 32 (static)"),
+    (["inp:1x3x32x32"], "inp:1x3x32x32: the model has no input 'inp'; its inputs: input [N, 3, 32, 32]"),
+    (["input:1x3x32"], "input:1x3x32: the model's input is input [N, 3, 32, 32]: 4 dims, not 3"),
+    (["input:2x3x224x224"], "input:2x3x224x224: the model's input is input [N, 3, 32, 32]: its dim 2 is a "
+                            "static 32, not 224; dim 3 is a static 32, not 224"),
     (["input:1x3x32x32", "input:2x3x32x32"], "input given more than once"),
+    (["garbage"], "garbage: expected NAME:DxD.., e.g. input:1x3x224x224"),
+    (["input:1x3x0x32"], "input:1x3x0x32: dim 2 is 0; every dim must be ≥ 1"),
 ])
-def test_input_shape_that_does_not_fit_is_a_usage_error(tmp_path, shapes, message):
+def test_input_shape_that_does_not_fit_is_one_usage_error_line(tmp_path, shapes, message):
     args = [a for s in shapes for a in ("--input-shape", s)]
     result = onnxrep_cmd("optimize", SAMPLE, tmp_path / "o.onnx", *args)
-    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2 and result.stderr == f"onnxrep: error: --input-shape {message}\n"
     if "no input" in message:  # batch mode checks every file the same way
         batch = onnxrep_cmd("optimize", SAMPLE, MODELS / "acnet.train.onnx", "-o", tmp_path / "out", *args)
-        assert batch.returncode == 2 and message in batch.stderr
+        assert batch.returncode == 2 and message in batch.stderr and batch.stderr.count("\n") == 1
     assert list(tmp_path.iterdir()) == []  # before any work
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--rtol", "-1"], "onnxrep: error: invalid value for '--rtol': -1.0 is not in the range x>=0."),
+    (["--atol", "nan"], "onnxrep: error: invalid value for '--atol'"),
+    (["--frce"], "onnxrep: error: no such option '--frce'. Did you mean '--force'?"),
+    (["--only", "nope"], "onnxrep: error: --only/--skip: unknown rule(s) nope; known: fold_constants, "),
+    (["extra"], "onnxrep: error: give IN and OUT, or several INs with -o OUTDIR"),
+])
+def test_every_usage_error_is_one_line(tmp_path, args, message):
+    result = CliRunner().invoke(cli.main, ["optimize", str(SAMPLE), str(tmp_path / "o.onnx"), *args])
+    assert result.exit_code == 2 and result.stderr.startswith(message) and result.stderr.count("\n") == 1, \
+        result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_each_command_lists_its_own_exit_codes_aligned():
+    def codes(command):
+        text = CliRunner().invoke(cli.main, [command, "--help"]).output
+        rows = text.split("Exit codes:\n")[1].splitlines()
+        assert len({len(row) - len(row.lstrip(" 0123456789")) for row in rows}) == 1, rows  # one text column
+        return text, [int(row.split()[0]) for row in rows]
+
+    optimize, optimize_codes = codes("optimize")
+    inspect, inspect_codes = codes("inspect")
+    assert optimize_codes == list(range(11)) and "--debug" in optimize
+    assert inspect_codes == list(range(9)) and "--debug" not in inspect and "written:" not in inspect
 
 
 def test_onnxruntime_rejecting_a_shape_keeps_its_detail(tmp_path):
@@ -82,14 +113,15 @@ def test_onnxruntime_rejecting_a_shape_keeps_its_detail(tmp_path):
     graph = helper.make_graph(
         [helper.make_node("Reshape", ["x", "s"], ["y"])], "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
-        [numpy_helper.from_array(np.array([2, 4], dtype=np.int64), "s")])
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 4])],
+        [numpy_helper.from_array(np.array([4, 4], dtype=np.int64), "s")])  # runs at no size but 2x8
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "r.onnx")
     result = onnxrep_cmd("optimize", tmp_path / "r.onnx", tmp_path / "o.onnx", "--input-shape", "x:3x8")
-    # (onnxruntime's session logs the failed run on stderr too, above our line: verify.py's log level)
-    last = result.stderr.splitlines()[-1]
-    assert result.returncode == 7 and last.startswith("onnxrep: error:"), result.stderr
-    assert "Input shape:{3,8}, requested shape:{2,4}" in last
+    assert result.returncode == 7 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("onnxrep: error:") and "Input shape:{3,8}, requested shape:{4,4}" in result.stderr
+    assert "set --input-shape" not in result.stderr  # the size was the user's own
+    default = onnxrep_cmd("optimize", tmp_path / "r.onnx", tmp_path / "o.onnx")
+    assert default.returncode == 7 and "(set --input-shape, or pass --inputs DIR" in default.stderr
 
 
 def test_unknown_rule_is_a_usage_error(tmp_path):
@@ -140,6 +172,16 @@ def test_internal_error_is_one_line(tmp_path, monkeypatch, flags):
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
         "onnxrep: internal error: RuntimeError: boom (please report it; --debug shows the traceback)"]
+
+
+def test_inspect_internal_error_is_one_line(monkeypatch):
+    def explode(*args, **kwargs):
+        raise RuntimeError("boom")
+    monkeypatch.setattr(api, "optimize", explode)
+    result = CliRunner().invoke(cli.main, ["inspect", str(SAMPLE)])
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.splitlines() == ["onnxrep: internal error: RuntimeError: boom (please report it; "
+                                          "'onnxrep optimize IN OUT --no-verify --debug' shows the traceback)"]
 
 
 def _bad_inputs(tmp_path):
@@ -216,7 +258,9 @@ def test_batch_mode_with_one_bad_file(tmp_path):
     assert result.returncode == 10, result.stdout + result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["acnet.onnx", "repvgg.onnx"]
     assert "61 → 19" in result.stdout and "39 → 11" in result.stdout
-    assert "exit 4: onnxrep: error:" in result.stdout and "2 of 3 optimized" in result.stdout  # one stream
+    broken = next(line for line in result.stdout.splitlines() if "broken.onnx" in line)
+    assert broken.count("broken.onnx") == 1 and "exit 4: not an ONNX model" in broken, broken  # named once
+    assert "2 of 3 optimized" in result.stdout  # one stream
     report = json.loads((tmp_path / "batch.json").read_text())
     assert sorted(r["exit_code"] for r in report) == [0, 0, 4]
 
@@ -231,6 +275,13 @@ def test_batch_mode_all_good_and_usage_errors(tmp_path):
     (tmp_path / "file").write_text("x")
     blocked = onnxrep_cmd("optimize", SAMPLE, "-o", tmp_path / "file" / "sub", "--no-verify")
     assert blocked.returncode == 8 and blocked.stderr.count("\n") == 1 and "Traceback" not in blocked.stderr
+
+
+def test_quiet_batch_names_a_failing_file_once(tmp_path):
+    result = onnxrep_cmd("optimize", "nope.onnx", "-o", tmp_path / "out", "-q", cwd=tmp_path)
+    assert result.returncode == 10 and result.stdout == ""
+    assert result.stderr.splitlines() == ["onnxrep: error: nope.onnx: no such file",
+                                          f"0 of 1 optimized into {tmp_path / 'out'}"]
 
 
 def test_batch_refuses_two_inputs_for_one_output_before_any_work(tmp_path):
@@ -312,12 +363,21 @@ def test_inspect_on_a_big_model_counts_first_and_sums_up_housekeeping(tmp_path):
     lines = result.stdout.splitlines()
     assert result.returncode == 0 and len(lines) < 25, result.stdout  # 1,284 lines before
     assert lines[1] == "rules fired: fold_bias_pad ×5, fold_conv_affine ×2, fold_sequential ×3, merge_parallel ×5"
-    assert lines[2].startswith("housekeeping: fold_constants ×1265")
+    assert lines[2] == "housekeeping: fold_constants ×1265 (nodes of constant arithmetic folded)"
     assert "  merge_parallel: /0/Add_2" in lines  # rewrites by node name, as refusals are
     verbose = onnxrep_cmd("inspect", FIXTURES / "dbb.ts.train.onnx", "-v").stdout.splitlines()
     assert len(verbose) > 1281 and sum(line.startswith("  fold_constants: ") for line in verbose) == 1265
     rewrites = json.loads((tmp_path / "i.json").read_text())["rewrites"]
     assert {"rule": "merge_parallel", "tensor": "/0/Add_2_output_0", "node": "/0/Add_2"} in rewrites
+
+
+def test_housekeeping_says_what_it_did():
+    _, aliases = onnxrep.optimize(FIXTURES / "repvgg.ts_untrained.train.onnx", verify=False)
+    assert "housekeeping: fold_constants ×13 (Identity aliases of weights dropped)" in aliases.format()
+    _, raw = onnxrep.optimize(FIXTURES / "dbb.dynamo_raw.train.onnx", verify=False)
+    assert ("housekeeping: drop_noop_casts ×20 (Casts to their inputs' own types dropped), "
+            "fold_constants ×709 (676 nodes of constant arithmetic folded, 33 CastLikes made Casts), "
+            "fold_whole_write ×20 (whole-tensor writes replaced by their values)") in raw.format()
 
 
 def test_refusals_are_grouped_by_reason_unless_verbose(tmp_path):

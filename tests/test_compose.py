@@ -1,4 +1,4 @@
-"""onnxrep composes with onnx-simplifier and onnxslim, in either order (skipped where they are not installed).
+"""onnxrep composes with onnx-simplifier and onnxslim, in either order (integration tests: tests/integration.py).
 
 The README says so: a user who already runs one of them keeps it, before or after onnxrep.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import integration
 import numpy as np
 import onnx
 import pytest
@@ -22,14 +23,14 @@ MODELS = {  # model: the ops onnxrep alone leaves
 
 
 def _simplify(model: onnx.ModelProto) -> onnx.ModelProto:
-    onnxsim = pytest.importorskip("onnxsim")
+    onnxsim = integration.module("onnxsim")
     simplified, ok = onnxsim.simplify(model)
     assert ok
     return simplified
 
 
 def _slim(model: onnx.ModelProto) -> onnx.ModelProto:
-    onnxslim = pytest.importorskip("onnxslim")
+    onnxslim = integration.module("onnxslim")
     return onnxslim.slim(model)
 
 

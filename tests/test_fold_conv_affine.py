@@ -219,3 +219,53 @@ def test_repvit_bn_after_join():
     b.output(b.bn(y))
     _, report = optimize_and_check(b.model(), {"Conv": 1})
     assert report.fired == {"fold_conv_affine": 2, "merge_parallel": 1}
+
+
+# ---- an affine with nothing to fold into says why (issue 21) ------------------------------------------
+
+def test_says_why_a_batchnorm_after_a_relu_stays():
+    b = GraphBuilder(seed=14)
+    x = b.input("x", ["N", 4, 8, 8])
+    b.output(b.bn(b.op("Relu", b.conv(x, 4, 3)), name="bn_after_relu"))
+    _, report = optimize_and_check(b.model(), {"Conv": 1, "Relu": 1, "BatchNormalization": 1}, **ONLY)
+    assert codes(report) == {"no-linear-op"}
+    assert "bn_after_relu reads Relu" in reasons(report) and "nothing to fold it into" in reasons(report)
+
+
+def test_says_why_a_batchnorm_of_a_graph_input_stays():
+    b = GraphBuilder(seed=15)
+    x = b.input("x", ["N", 4, 8, 8])
+    b.output(b.op("Relu", b.bn(x, name="input_bn")))
+    _, report = optimize_and_check(b.model(), {"Relu": 1, "BatchNormalization": 1})
+    assert "input_bn reads the graph input 'x'" in reasons(report) and "no-linear-op" in codes(report)
+
+
+def cast_between(seed: int, shared: bool = False):
+    """Conv → Cast(to float16) → Mul by a per-channel float16 constant → Cast back (a mixed-precision
+    export); with ``shared``, the first Cast's output is also an output."""
+    b = GraphBuilder(seed=seed)
+    x = b.input("x", ["N", 4, 8, 8])
+    half = b.node("Cast", [b.conv(x, 4, 3)], name="to_half", to=TensorProto.FLOAT16)
+    scale = b.constant(b.rng.uniform(0.5, 1.5, (1, 4, 1, 1)).astype(np.float16))
+    b.output(b.node("Cast", [b.node("Mul", [half, scale], name="scale")], to=TensorProto.FLOAT))
+    if shared:
+        b.outputs.append(helper.make_tensor_value_info(half, TensorProto.FLOAT16, None))
+    return b.model()
+
+
+def test_says_a_cast_stands_between_a_conv_and_its_affine():
+    model = cast_between(16)
+    _, report = optimize_and_check(model, histogram(model), **ONLY)
+    assert codes(report) == {"no-linear-op"} and "scale reads Cast to_half of Conv" in reasons(report)
+
+
+def test_an_affine_after_a_relu_or_a_shared_cast_is_no_candidate():
+    """Only a BatchNormalization, or an affine whose only link to a conv is a Cast, gets a line."""
+    model = cast_between(17, shared=True)
+    _, report = optimize_and_check(model, histogram(model), **ONLY)
+    assert not report.refusals, report.format(verbose=True)
+    b = GraphBuilder(seed=18)
+    x = b.input("x", ["N", 4, 8, 8])
+    b.output(b.node("Mul", [b.op("Relu", b.conv(x, 4, 3)), per_channel(b, (4, 1, 1))]))
+    _, report = optimize_and_check(b.model(), {"Conv": 1, "Relu": 1, "Mul": 1}, **ONLY)
+    assert not report.refusals, report.format(verbose=True)

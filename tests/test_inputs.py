@@ -49,7 +49,7 @@ def test_npy_named_after_the_input(tmp_path):
     np.save(tmp_path / "input.npy", X)
     code, output = run(SAMPLE, tmp_path / "out.onnx", "--inputs", tmp_path)
     assert code == 0, output
-    assert "inputs input=2x3x32x32" in output
+    assert "at input=2x3x32x32" in output
 
 
 def test_pb_files_by_order_or_by_name(tmp_path):
@@ -62,7 +62,7 @@ def test_pb_files_by_order_or_by_name(tmp_path):
     (data / "output_0.pb").write_bytes(b"expected outputs: not an input")
     code, output = run(model, tmp_path / "out.onnx", "--inputs", data)
     assert code == 0, output
-    assert "inputs data=1x3x1x1, shape=4" in output and "fold_conv_affine ×1" in output
+    assert "at data=1x3x1x1, shape=4" in output and "fold_conv_affine ×1" in output
     # by the names they hold, whatever their order
     (data / "input_0.pb").write_bytes(numpy_helper.from_array(np.array([2, 3, 5, 7]), "shape").SerializeToString())
     (data / "input_1.pb").write_bytes(numpy_helper.from_array(np.ones((1, 3, 1, 1), np.float32), "data")

@@ -47,6 +47,7 @@ import onnx
 import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+from onnxrep.report.macs import multiply_adds  # noqa: E402
 
 
 def _onnxrep(onnxrep, model, shapes):
@@ -105,34 +106,8 @@ def make_feeds(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], seed:
 
 
 def count_macs(model: onnx.ModelProto, feeds: list[np.ndarray]) -> int | None:
-    """Multiply-adds of Conv, Gemm and MatMul; None when a shape stays unknown."""
-    fixed = onnx.ModelProto()
-    fixed.CopyFrom(model)
-    for value, array in zip(graph_inputs(fixed), feeds):
-        dims = value.type.tensor_type.shape.dim
-        del dims[:]
-        for size in array.shape:
-            dims.add().dim_value = size
-    try:
-        graph = onnx.shape_inference.infer_shapes(fixed).graph
-    except Exception:
-        return None
-    shapes = {t.name: list(t.dims) for t in graph.initializer}  # Constant nodes' outputs are in value_info
-    for value in (*graph.input, *graph.value_info, *graph.output):
-        dims = value.type.tensor_type.shape.dim
-        if all(d.HasField("dim_value") for d in dims):
-            shapes[value.name] = [d.dim_value for d in dims]
-    total = 0
-    for node in (n for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")):
-        a, b, out = (shapes.get(name) for name in (node.input[0], node.input[1], node.output[0]))
-        if a is None or b is None or out is None:
-            return None
-        if node.op_type == "Conv":  # N*Cout*prod(out spatial) * Cin/group*prod(kernel)
-            total += math.prod(out) * math.prod(b[1:])
-        else:  # Gemm (A is K x M with transA) or MatMul
-            trans_a = any(x.name == "transA" and x.i for x in node.attribute)
-            total += math.prod(out) * (a[0] if trans_a else a[-1])
-    return total
+    """Multiply-adds of Conv, Gemm and MatMul (onnxrep.report.macs); None when a shape stays unknown."""
+    return multiply_adds(model, {value.name: array.shape for value, array in zip(graph_inputs(model), feeds)})
 
 
 def prepare(v: dict, feeds: list[np.ndarray], reference, threads: int):

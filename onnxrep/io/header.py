@@ -10,6 +10,7 @@ milliseconds on a model of gigabytes.
 from __future__ import annotations
 
 import mmap
+import numbers
 import os
 from collections.abc import Iterator
 
@@ -38,14 +39,7 @@ def graph_inputs(path: str | os.PathLike) -> dict[str, tuple[Dim, ...] | None] |
         return None
     import onnx  # here: --help and --version do not need it
 
-    result = {}
-    for raw in inputs:
-        info = onnx.ValueInfoProto.FromString(raw)
-        if info.name not in weights:
-            tensor = info.type.tensor_type
-            result[info.name] = (tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                                       for d in tensor.shape.dim) if tensor.HasField("shape") else None)
-    return result
+    return _dims([onnx.ValueInfoProto.FromString(raw) for raw in inputs], weights)
 
 
 def _fields(data, start: int, end: int) -> Iterator[tuple[int, tuple[int, int]]]:
@@ -81,20 +75,38 @@ def _varint(data, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def shape_problem(name: str, shape: tuple[int, ...], inputs: dict[str, tuple[Dim, ...] | None]) -> str | None:
+def model_inputs(model) -> dict[str, tuple[Dim, ...] | None]:
+    """:func:`graph_inputs` of a loaded ModelProto."""
+    return _dims(model.graph.input, {t.name for t in model.graph.initializer})
+
+
+def _dims(infos, weights: set[str]) -> dict[str, tuple[Dim, ...] | None]:
+    result = {}
+    for info in infos:
+        if info.name not in weights:
+            tensor = info.type.tensor_type
+            result[info.name] = (tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                                       for d in tensor.shape.dim) if tensor.HasField("shape") else None)
+    return result
+
+
+def shape_problem(name: str, shape: tuple, inputs: dict[str, tuple[Dim, ...] | None]) -> str | None:
     """Why ``--input-shape name:shape`` does not fit the model, naming its inputs; None if it fits."""
     given = f"{name}:{'x'.join(map(str, shape))}"
+    bad = [i for i, d in enumerate(shape) if not isinstance(d, numbers.Integral) or isinstance(d, bool) or d < 1]
+    if bad:
+        return f"{given}: " + ", ".join(f"dim {i} is {shape[i]!r}" for i in bad) + "; every dim must be ≥ 1"
     if name not in inputs:
         return f"{given}: the model has no input {name!r}; its inputs: {describe(inputs)}"
     dims = inputs[name]
     if dims is None:
         return None
     if len(dims) != len(shape):
-        return f"{given}: input {name!r} has {len(dims)} dims ({describe({name: dims})}), not {len(shape)}"
+        return f"{given}: the model's input is {describe({name: dims})}: {len(dims)} dims, not {len(shape)}"
     wrong = [i for i, (d, s) in enumerate(zip(dims, shape)) if isinstance(d, int) and d > 0 and d != s]
     if wrong:
-        fixed = ", ".join(f"dim {i} is {dims[i]}" for i in wrong)
-        return f"{given}: input {name!r} is {describe({name: dims})}, its {fixed} (static)"
+        fixed = "; ".join(f"dim {i} is a static {dims[i]}, not {shape[i]}" for i in wrong)
+        return f"{given}: the model's input is {describe({name: dims})}: its {fixed}"
     return None
 
 

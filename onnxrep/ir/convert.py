@@ -10,8 +10,8 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
-from onnxrep.io import files as io
-from onnxrep.ir import nontensor as types
+from onnxrep.io import files
+from onnxrep.ir import nontensor
 
 
 def overridable_initializers(model: onnx.ModelProto) -> frozenset[str]:
@@ -38,7 +38,7 @@ def _take_arrays(graph: gs.Graph) -> dict[str, np.ndarray]:
 
 def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model without the weights its graph holds: all that export needs of the original."""
-    return io.without_weights(model, keep=overridable_initializers(model))
+    return files.without_weights(model, keep=overridable_initializers(model))
 
 
 def release(weights: list[gs.Constant], graph_outputs: set[int]) -> None:
@@ -103,9 +103,9 @@ def export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
     bytes, so that weights are never held twice in full.
     """
     arrays = _take_arrays(graph)
-    types.untype_non_tensors(graph)
+    nontensor.untype_non_tensors(graph)
     model = gs.export_onnx(graph, do_type_check=False)
-    types.restore_types(model, original)
+    nontensor.restore_types(model, original)
     for tensor in model.graph.initializer:
         array = arrays.pop(tensor.name, None)
         if array is not None:

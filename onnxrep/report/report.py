@@ -113,10 +113,23 @@ class Report:
         else:
             lines = ["rules fired: none (no training-time branches found: a deploy graph already?)"]
         if house:
-            lines.append(f"housekeeping: {_counts(house)} (constants and index arithmetic folded)")
+            lines.append("housekeeping: " + self._housekeeping())
         if verbose:
             lines += self.rewrite_lines(verbose=True)
         return lines
+
+    def _housekeeping(self) -> str:
+        """``fold_constants ×30 (20 nodes of constant arithmetic folded, 10 Identity aliases of weights dropped)``."""
+        done: dict[str, Counter] = {}
+        for rewrite in self.applied:
+            if rewrite.rule in HOUSEKEEPING:
+                done.setdefault(rewrite.rule, Counter())[_housekeeping_kind(rewrite.rule, rewrite.op)] += 1
+        def what(kinds: Counter) -> str:
+            if len(kinds) == 1:
+                (one, plural), n = next(iter(kinds.items()))
+                return plural if n > 1 else one
+            return ", ".join(f"{n:,} {plural if n > 1 else one}" for (one, plural), n in kinds.most_common())
+        return ", ".join(f"{rule} ×{sum(kinds.values())} ({what(kinds)})" for rule, kinds in sorted(done.items()))
 
     def rewrite_lines(self, verbose: bool = False) -> list[str]:
         """``  rule: node`` per rewrite, in order, named as refusals are; housekeeping summed unless verbose."""
@@ -142,6 +155,22 @@ class Report:
 
 #: Rules that tidy what exporters leave rather than re-parameterize: summarized, not listed, unless -v.
 HOUSEKEEPING = ("fold_constants", "drop_noop_casts", "fold_constant_sums", "fold_whole_write")
+
+
+def _housekeeping_kind(rule: str, op: str) -> tuple[str, str]:
+    """What a housekeeping rewrite of a node of type ``op`` did: (singular, plural)."""
+    if rule == "fold_whole_write":
+        return "whole-tensor write replaced by its values", "whole-tensor writes replaced by their values"
+    if rule == "drop_noop_casts":
+        return "Cast to its input's own type dropped", "Casts to their inputs' own types dropped"
+    if rule == "fold_constant_sums":
+        return "constant sum folded (float64, rounded once)", "constant sums folded (float64, rounded once)"
+    if op == "Identity":
+        return "Identity alias of a weight dropped", "Identity aliases of weights dropped"
+    if op == "CastLike":
+        return "CastLike made a Cast", "CastLikes made Casts"
+    return "node of constant arithmetic folded", "nodes of constant arithmetic folded"
+
 
 #: (a refusal code, what would help).
 HINTS = (
@@ -216,7 +245,6 @@ def _size(n: int | None) -> str:
 def _verification_line(v: Verification | None) -> str:
     if v is None:
         return "verification: skipped (--no-verify)"
-    shapes = _shapes(v.input_shapes)
     status = "passed" if v.passed else "FAILED"
     parts = [f"verification: {status}"]
     if v.local:
@@ -231,11 +259,15 @@ def _verification_line(v: Verification | None) -> str:
     failing_outputs = list(dict.fromkeys(o.name for o in v.outputs if not o.passed))
     if failing_outputs:
         parts.append(f"differing outputs: {', '.join(failing_outputs)}")
-    parts.append(f"inputs {shapes}")
-    parts += [f"and {_shapes(other)}" for other in v.other_sizes]
+    parts.append(_at_sizes(v.input_shapes, *v.other_sizes))
     if v.other_sizes_skipped:
         parts.append(f"not at a second size ({v.other_sizes_skipped})")
     return ", ".join(parts)
+
+
+def _at_sizes(*sizes: dict) -> str:
+    """``at input=1x3x32x32 and input=2x3x37x53``; ``at x=1x8, y=1x4 and at x=2x8, y=2x4`` for several inputs."""
+    return "at " + (" and " if all(len(s) == 1 for s in sizes) else " and at ").join(map(_shapes, sizes))
 
 
 def _shapes(shapes: dict[str, tuple[int, ...] | str]) -> str:

@@ -107,6 +107,7 @@ def _apply(rule: Rule, ctx: Context, match, key: Key, findings: list[Finding], e
     """Build the match's replacement and apply it; None when the rule refused or failed."""
     anchor_node = next((n for n in match.nodes if any(t.name == match.output for t in n.outputs)), None)
     node_name = (anchor_node.name or anchor_node.op) if anchor_node is not None else match.output
+    node_op = anchor_node.op if anchor_node is not None else ""
     freed = {n.name for n in match.nodes if n.name in ctx.names}
     ctx.names -= freed  # the new nodes may take the names of the ones they replace
 
@@ -120,7 +121,7 @@ def _apply(rule: Rule, ctx: Context, match, key: Key, findings: list[Finding], e
     _write(replacement, ctx)
     release(weights, ctx.graph_outputs)
     copied.update({name: t for name, (t, others) in read.items() if _left_to_others(t, others)})
-    return Rewrite(rule.name, key[1], key[2], node_name, replaced, replacement.renamed)
+    return Rewrite(rule.name, key[1], key[2], node_name, node_op, replaced, replacement.renamed)
 
 
 def _build(rule: Rule, ctx: Context, match) -> Replacement:

@@ -24,7 +24,7 @@ class Rewrite:
     ``ordinal`` counts the rewrites of one rule at one anchor in a run (two
     merge_concat runs on one Concat are 1 and 2), so ``key`` is the same from
     run to run as long as the rewrites before it are. ``node`` names the node
-    that computed the anchor, as refusals name nodes. ``replaced``: every
+    that computed the anchor, as refusals name nodes, and ``op`` its type. ``replaced``: every
     tensor the matched nodes wrote (the ones that vanish too); ``renamed``:
     tensors whose values changed and which now go by a new name (old, new).
     """
@@ -33,6 +33,7 @@ class Rewrite:
     anchor: str
     ordinal: int
     node: str
+    op: str = ""  # the type of that node (the report says what housekeeping did: an Identity dropped, ...)
     replaced: tuple[str, ...] = ()
     renamed: tuple[tuple[str, str], ...] = ()
 

@@ -8,6 +8,7 @@ from onnxrep.rewrite.contract import Rule
 from onnxrep.rules import (
     drop_noop_casts,
     fold_bias_pad,
+    fold_concat_affine,
     fold_constant_sums,
     fold_constants,
     fold_conv_affine,
@@ -19,6 +20,7 @@ from onnxrep.rules import (
     fold_whole_write,
     merge_concat,
     merge_parallel,
+    quantized_branches,
 )
 
 #: Order matters within a sweep: folding Conv→BN (and other affines) first turns conv-BN branches into
@@ -30,6 +32,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     fold_whole_write.RULE,
     fold_pad_conv.RULE,
     fold_conv_affine.RULE,
+    fold_concat_affine.RULE,
     fold_reshaped_affine.RULE,
     fold_reshapes.RULE,
     fold_bias_pad.RULE,
@@ -37,6 +40,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     fold_pre_affine.RULE,
     merge_parallel.RULE,
     merge_concat.RULE,
+    quantized_branches.RULE,
 )
 
 RULES_BY_NAME = {rule.name: rule for rule in DEFAULT_RULES}

@@ -32,7 +32,7 @@ import onnx_graphsurgeon as gs
 
 from onnxrep.algebra import kernels
 from onnxrep.ir import lower
-from onnxrep.ir.graph import Context, producer
+from onnxrep.ir.graph import Context, constant_value, is_op, producer
 from onnxrep.ir.lift import AFFINE_OPS, Hint, Lifted, lift
 from onnxrep.refusal import Refused
 from onnxrep.rewrite.contract import Builder, Replacement, Rule
@@ -65,12 +65,36 @@ def _lift_linear(conv: gs.Node, ctx: Context) -> Lifted | Refused | None:
         return None if conv.op == "Add" else refusal
 
 
+def _nothing_to_fold(ctx: Context, op: gs.Node) -> None:
+    """Raises why an affine with no linear op before it stays, where a reader of the report looks for
+    one: a BatchNormalization (a deploy graph has none), or any affine whose only link to a linear op
+    is a Cast. Leaves to their own rules an affine after a Concat (fold_concat_affine) and after a
+    DequantizeLinear (quantized_branches says it once for the model)."""
+    computed = [t for t in op.inputs if constant_value(t) is None]
+    if not computed or (len(computed) > 1 and not is_op(op, "BatchNormalization")):
+        return  # constants (fold_constants' business), or a product of two computed tensors: no affine
+    data = computed[0]
+    before = producer(data)
+    if is_op(before, "Concat", "DequantizeLinear"):
+        return
+    # a Cast read by this op only, of a linear op's output read by the Cast only: all that stands between
+    cast_of = producer(before.inputs[0]) if is_op(before, "Cast") and ctx.private(data, op) \
+        and ctx.private(before.inputs[0], before) else None
+    linear = _lift_linear(cast_of, ctx) if cast_of is not None else None
+    if isinstance(linear, Refused) or isinstance(linear, Lifted) and linear.linear:
+        raise Refused("no-linear-op", f"{op.name} reads Cast {before.name} of {cast_of.op} {cast_of.name}'s "
+                                      f"output: the Cast stands between them", f"{cast_of.name} → {op.name}")
+    if is_op(op, "BatchNormalization"):
+        what = f"{before.op} {before.name}" if before is not None else f"the graph input '{data.name}'"
+        raise Refused("no-linear-op", f"{op.name} reads {what}, no Conv, Gemm or MatMul: nothing to fold it into")
+
+
 def match(ctx: Context, op: gs.Node) -> ConvAffine | None:
     conv = next((p for t in op.inputs if (p := producer(t)) is not None and p.op in ("Conv", "Gemm", "MatMul", "Add")
                  and p is not op), None)
     linear = _lift_linear(conv, ctx) if conv is not None else None
     if linear is None or (isinstance(linear, Lifted) and not linear.linear):
-        return None
+        return _nothing_to_fold(ctx, op)
     lifted = isinstance(linear, Lifted)
     hint = Hint(linear.layout, linear.spec.out_channels) if lifted else Hint()
     where = f"{conv.name} → {op.name}"

@@ -453,8 +453,8 @@ def _run_original(sessions: _Sessions, input_shapes, seed, given):
     try:
         values = _run(session, outputs + exposed, feeds)
     except Exception as error:
-        raise UnsupportedModel(f"onnxruntime cannot run the original model on inputs "
-                               f"{_shapes(feeds)}: {_first_line(error)} {feeding.hint(session, given)}") from None
+        raise UnsupportedModel(f"onnxruntime cannot run the original model on inputs {_shapes(feeds)}: "
+                               f"{_first_line(error)}{feeding.hint(session, given, input_shapes)}") from None
     return outputs, feeds, dict(zip(outputs + exposed, values))
 
 

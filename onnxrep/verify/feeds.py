@@ -194,15 +194,17 @@ def _read(path: Path, type_string: str) -> object:
         raise BadInputs(f"--inputs: {path}: cannot read it as {type_string}: {text}") from None
 
 
-def hint(session: ort.InferenceSession, given: Inputs | None) -> str:
-    """What to do when onnxruntime cannot run the original on the verification inputs."""
+def hint(session: ort.InferenceSession, given: Inputs | None, shapes: dict | None = None) -> str:
+    """What to do when onnxruntime cannot run the original on the verification inputs, with a leading
+    space. At sizes the caller chose (``shapes``: --input-shape) setting them is no advice."""
     if given is not None:
-        return "(on the inputs given)"
+        return " (on the inputs given)"
+    other_size = "" if shapes else ", or set --input-shape"
     integers = [a.name for a in session.get_inputs() if _is_integer(a.type)]
     if integers:
-        return (f"(random values of integer input(s) {', '.join(map(repr, integers))} may be invalid for this "
-                "model: pass --inputs DIR with real inputs, or set --input-shape)")
-    return "(set --input-shape, or pass --inputs DIR with real inputs)"
+        return (f" (random values of integer input(s) {', '.join(map(repr, integers))} may be invalid for this "
+                f"model: pass --inputs DIR with real inputs{other_size})")
+    return "" if shapes else " (set --input-shape, or pass --inputs DIR with real inputs)"
 
 
 def _is_integer(type_string: str) -> bool:
