@@ -310,3 +310,16 @@ def test_a_branch_through_a_tensor_another_operand_needs_is_not_merged():
     y = b.op("Add", b.op("Add", scaled, b.conv(x, C, 3)), b.op("Mul", t, t))
     b.output(y)
     optimize_and_check(b.model(), {"Conv": 2, "Mul": 2, "Add": 2})
+
+
+def test_a_tensor_read_twice_inside_is_counted_once():
+    """y = A(t) + B(t) + D(x) with t = P(x), P a 3x3 bottleneck 16 → 8, A and B 1x1 8 → 16, D 1x1: followed
+    back through t, every branch is one 3x3 conv of x (16·16·9 = 2304 multiply-adds per pixel), less than P
+    counted once per branch (2 · (1152 + 128) + 256) but more than the graph computes (1152 + 2·128 + 256):
+    not merged so. A and B merge on t, D stays."""
+    b = GraphBuilder(34)
+    x = b.input("x", ["N", 16, 8, 8])
+    t = b.conv(x, 8, 3)
+    y = b.op("Add", b.op("Add", b.conv(t, 16, 1), b.conv(t, 16, 1)), b.conv(x, 16, 1))
+    b.output(y)
+    optimize_and_check(b.model(), {"Conv": 3, "Add": 1})

@@ -33,6 +33,9 @@ class Branch:
     name: str
     dtype: np.dtype | None
     has_bias: bool
+    #: (id of an op's last node, its multiply-adds per output pixel) for each op of the chain: two
+    #: branches that follow one tensor back (see lift_branch's region) share ops, counted once
+    costs: tuple[tuple[int, int], ...] = ()
 
 
 Hints = dict[int, Hint]
@@ -79,6 +82,7 @@ def lift_branch(tensor: gs.Tensor, sign: int, reader: gs.Node, ctx: Context, hin
         raise Refused("read-elsewhere", f"output of {node.name} is also read by {ctx.readers(tensor, reader)}")
     source, conv_spec, dtype, has_bias = lifted.source, lifted.spec, lifted.dtype, lifted.has_bias
     nodes, reader = list(lifted.nodes), lifted.nodes[0]
+    costs = [(id(lifted.nodes[-1]), lifted.spec.cost)]
     while True:
         inner_node = producer(source)
         if not _private(source, reader, ctx, region):
@@ -90,13 +94,15 @@ def lift_branch(tensor: gs.Tensor, sign: int, reader: gs.Node, ctx: Context, hin
             composed = spec.merge_sequential(inner.spec, conv_spec, check_cost=False)
         except Refused:
             break
+        costs.append((id(inner.nodes[-1]), composed.cost - conv_spec.cost))  # on the pixels it runs on
         source, conv_spec = inner.source, composed
         dtype, has_bias = dtype or inner.dtype, True
         nodes.extend(inner.nodes)
         reader = inner.nodes[0]
     if sign < 0:
         conv_spec = conv_spec.negated()
-    return Branch(tensor, sign, source, conv_spec, lifted.layout, tuple(nodes), node.name, dtype, has_bias)
+    return Branch(tensor, sign, source, conv_spec, lifted.layout, tuple(nodes), node.name, dtype, has_bias,
+                  tuple(costs))
 
 
 def _private(tensor: gs.Tensor, reader: gs.Node, ctx: Context, region: Container[int] | None) -> bool:

@@ -20,8 +20,10 @@ Conditions:
      be followed back too, by each branch that reads it (DoRA:
      ``base + (c − 1)·(base − b) + c·s·B(A(x))`` reads base twice, and each
      branch becomes a spec of x), provided nothing left outside the rewrite
-     reads what it removes. The cost is judged for the whole join: a rank-r
-     LoRA chain, costlier as one matrix on its own, costs nothing summed into W.
+     reads what it removes and the merged convs cost no more than the ops
+     they replace, each counted once. The cost is judged for the whole join:
+     a rank-r LoRA chain, costlier as one matrix on its own, costs nothing
+     summed into W.
   2. Weights are constants read by that branch only.
   3. The branches' output shapes are equal for every input size (so the join
      never broadcasts among them) and their taps line up.
@@ -125,12 +127,19 @@ REGION_OPS = (*JOIN_OPS, *LIFTERS)
 
 
 def _region(root: gs.Node, ctx: Context) -> dict[int, gs.Node]:
-    """The nodes (by id) whose results only ``root``'s result depends on: the root, and back from it
-    every join or liftable op whose outputs are read by nodes of the region only (no graph output)."""
+    """The nodes (by id) whose results only ``root``'s result depends on, as far back as another join:
+    the root's join tree, and back from it every liftable op whose outputs are read by nodes of the
+    region only (no graph output). Another join of computed tensors (the block before's residual Add)
+    bounds it: a join's region is its own branches, not the network before it."""
+    operands, joins = [], []
+    _flatten(root, 1, ctx, operands, joins)
+    own = {id(j) for j in joins}
     region, todo = {id(root): root}, [producer(t) for t in root.inputs]
     while todo:
         node = todo.pop()
         if node is None or id(node) in region or not is_op(node, *REGION_OPS):
+            continue
+        if id(node) not in own and _is_join(node) and sum(constant_value(t) is None for t in node.inputs) > 1:
             continue
         if any(id(t) in ctx.graph_outputs or not t.outputs or any(id(r) not in region for r in t.outputs)
                for t in node.outputs):
@@ -141,9 +150,9 @@ def _region(root: gs.Node, ctx: Context) -> dict[int, gs.Node]:
 
 
 def _read_twice_inside(region: dict[int, gs.Node], ctx: Context) -> bool:
-    """Whether some computed tensor is read more than once, by nodes of the region only: the one thing
-    the region changes (else matching again would find what the first match found)."""
-    return any(len(t.outputs) > 1 and producer(t) is not None and id(t) not in ctx.graph_outputs
+    """Whether some tensor a node of the region computes is read more than once, by nodes of the region
+    only: the one thing the region changes (else matching again would find what the first match found)."""
+    return any(len(t.outputs) > 1 and id(producer(t)) in region and id(t) not in ctx.graph_outputs
                and all(id(r) in region for r in t.outputs)
                for node in region.values() for t in node.inputs)
 
@@ -163,6 +172,14 @@ def _self_contained(join: Join, ctx: Context) -> bool:
     return True
 
 
+def _not_costlier(join: Join) -> bool:
+    """Whether the merged convs cost no more than the ops they replace, each op counted once: branches
+    that follow one tensor back all hold its producer, and the merge's own check counts it per branch
+    (a 3x3 bottleneck read by two 1x1 convs would pass as two 3x3 convs)."""
+    replaced = {node: cost for _, branches in join.merges for b in branches for node, cost in b.costs}
+    return sum(merged.cost for merged, _ in join.merges) <= sum(replaced.values())
+
+
 def match(ctx: Context, root: gs.Node) -> Join | None:
     """The join with each operand followed back through tensors read by it alone; when that leaves
     operands unmerged, also through tensors only the join's own nodes read (DoRA's
@@ -179,7 +196,8 @@ def match(ctx: Context, root: gs.Node) -> Join | None:
     notes = ctx.notes[mark:]
     del ctx.notes[mark:]
     wide = _match(ctx, root, region)
-    if wide is not None and _self_contained(wide, ctx) and (strict is None or len(wide.rest) < len(strict.rest)):
+    if (wide is not None and _self_contained(wide, ctx) and _not_costlier(wide)
+            and (strict is None or len(wide.rest) < len(strict.rest))):
         return wide
     ctx.notes[mark:] = notes
     return strict
