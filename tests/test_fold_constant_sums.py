@@ -196,3 +196,15 @@ def test_a_product_bigger_than_its_factors_stays(private):
     y = b.node("MatMul", [x, b.node("MatMul", [a, f])])
     b.output(y if private else b.node("Add", [y, b.node("MatMul", [b.node("MatMul", [x, a]), f])]))
     stays(b.model())
+
+
+def test_a_graph_output_inside_a_cone_stays_and_the_cone_folds_beside_it():
+    """x · (‖W‖ · 2) with ‖W‖ a graph output too: the product folds, the norm stays for the output."""
+    b = GraphBuilder(13)
+    x = b.input("x", ["N", 4])
+    w = b.constant(b.rng.standard_normal((4, 4)).astype(np.float32))
+    norm = b.node("ReduceL2", [w], axes=[0], keepdims=0)
+    b.output(b.node("Mul", [x, b.node("Mul", [norm, b.constant(np.array(2.0, np.float32))])]))
+    b.output(norm, [4])
+    _, report = optimize_and_check(b.model(), {"ReduceL2": 1, "Mul": 1}, **ONLY)
+    assert report.fired["fold_constant_sums"] == 1

@@ -198,11 +198,11 @@ def _compute(cone: list[gs.Node], ctx: Context, memo: dict) -> np.ndarray:
     return values[cone[-1].outputs[0].name].astype(memo[cone[-1].outputs[0].name].dtype)
 
 
-def _removed(cone: list[gs.Node]) -> list[gs.Node]:
-    """The frontier and the cone nodes whose outputs only removed nodes read."""
+def _removed(cone: list[gs.Node], ctx: Context) -> list[gs.Node]:
+    """The frontier and the cone nodes whose outputs only removed nodes read (no graph output)."""
     removed = {id(cone[-1])}
     for node in reversed(cone[:-1]):
-        if all(id(r) in removed for t in node.outputs for r in t.outputs):
+        if all(id(t) not in ctx.graph_outputs and all(id(r) in removed for r in t.outputs) for t in node.outputs):
             removed.add(id(node))
     return [n for n in cone if id(n) in removed]
 
@@ -236,7 +236,7 @@ def match(ctx: Context, node: gs.Node) -> Cone | None:
     cone = _cone(node)
     if not any(n.op in SUMS for n in cone):
         return None  # exact ops only (a sum folded already): fold_constants' business
-    removed = _removed(cone)
+    removed = _removed(cone, ctx)
     try:
         value = _compute(cone, ctx, memo)
     except Exception:  # noqa: BLE001 (a node the reference cannot run stays for the runtime)
