@@ -3,9 +3,8 @@
 Fixtures from tools/export_adapters.py (tests/fixtures/adapters/): each train export, optimized,
 verifies, reaches its twin's op histogram (PEFT's merge_and_unload(), or a hand fusion of the
 BatchNorm after a Concat) or fewer nodes with no more of any op, and equals the twin's outputs.
-Cases that need issue 21's rules are strict xfails naming what is missing: they flip when the
-rules land. The negatives (a Concat on another axis, a producer read elsewhere, a broadcasting
-constant, a Q/DQ model's branches) must hold today and after.
+The negatives (a Concat on another axis, a producer read elsewhere, a broadcasting constant, a
+Q/DQ model's branches) hold too.
 """
 
 from __future__ import annotations
@@ -26,28 +25,8 @@ from onnxrep.testing import GraphBuilder
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "adapters"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
 
-NO_OP_CAST = "a no-op Cast(to=FLOAT) of a float tensor is not removed"
-#: case.exporter → what it waits for (issue 21, "What to build" 1–3).
-MISSING = {
-    "vit_lora.ts": f"{NO_OP_CAST} (one after each LoRA join)",
-    "vit_lora2.ts": f"{NO_OP_CAST} (one after each LoRA join)",
-    "conv_lora.ts": f"{NO_OP_CAST}: it sits between each merged conv and its BatchNormalization",
-    "conv_lora2.ts": f"{NO_OP_CAST}: it sits between each merged conv and its BatchNormalization",
-    "vit_dora.ts": "DoRA's c = m/‖W + s·BA‖ is computed from constants (EyeLike, MatMul, ReduceL2 are not "
-                   f"folded); the base output is read twice inside its join; {NO_OP_CAST}",
-    "vit_dora.dynamo": "the base output is read twice inside its join (base + (c−1)·(base − bias)), and the "
-                       "identity + per-channel affine on a MatMul output is priced as a dense matrix",
-    "conv_dora.ts": "DoRA's c = m/‖W + s·BA‖ is computed from constants (Gemm, ReduceL2 are not folded); "
-                    f"{NO_OP_CAST}",
-}
-
-
-def case_params():
-    for case, entry in MANIFEST["cases"].items():
-        for exporter in entry["files"]:
-            key = f"{case}.{exporter}"
-            marks = [pytest.mark.xfail(strict=True, reason=f"issue 21: {MISSING[key]}")] if key in MISSING else []
-            yield pytest.param(case, exporter, id=key, marks=marks)
+CASES = [pytest.param(case, exporter, id=f"{case}.{exporter}")
+         for case, entry in MANIFEST["cases"].items() for exporter in entry["files"]]
 
 
 def load_pair(case: str, exporter: str) -> tuple[onnx.ModelProto, onnx.ModelProto]:
@@ -73,7 +52,7 @@ def assert_close(got: np.ndarray, want: np.ndarray, rtol: float = 1e-4, atol: fl
     np.testing.assert_allclose(got, want, rtol=rtol, atol=atol * scale)
 
 
-@pytest.mark.parametrize("case,exporter", list(case_params()))
+@pytest.mark.parametrize("case,exporter", CASES)
 def test_train_export_reaches_its_twin(case, exporter):
     train, twin = load_pair(case, exporter)
     optimized, report = onnxrep.optimize(train)
@@ -101,10 +80,6 @@ def test_fixtures_are_what_they_claim():
 
 
 # --- a BatchNormalization or affine next to a fold-able producer always gets a refusal line ---------
-
-CASES = [pytest.param(case, exporter, id=f"{case}.{exporter}")
-         for case, entry in MANIFEST["cases"].items() for exporter in entry["files"]]
-
 
 @pytest.mark.parametrize("case,exporter", CASES)
 def test_every_batchnorm_left_has_a_refusal_line(case, exporter):

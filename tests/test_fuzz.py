@@ -323,7 +323,9 @@ def must_merge(block) -> bool | None:
             cost = 0 if br["kind"] == "identity" else c
             geometry.append(((1,) * nd, (1,) * nd, (1,) * nd, (0,) * (2 * nd), c, cost))
     if all(b["kind"] == "identity" for b in block["branches"]):
-        return False
+        # X alone: nothing to merge, unless X is a conv's output only the join reads: every identity is then
+        # that conv followed back (merge_parallel's join region), Sum(X, X) one conv of twice its weights
+        return block["source"] == "Conv"
     if len({g[1] for g in geometry}) > 1:
         return False
     size = []

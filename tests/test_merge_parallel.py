@@ -238,3 +238,88 @@ def test_identity_operand_produced_by_a_conv():
     b.output(y)
     _, report = optimize_and_check(b.model(), {"Conv": 2})
     assert report.fired["merge_parallel"] == 1 and not report.refusals
+
+
+# --- PEFT adapters: LoRA chains and DoRA's base read twice inside its join ------------------------------------------
+
+def linear_adapter(seed: int, dora: bool, bias: bool = True, rank: int = 2, features: int = 16,
+                   read_outside: bool = False):
+    """A Linear x @ Wᵀ + b with a LoRA adapter s·(x @ Aᵀ) @ Bᵀ on [N, 5, features] tokens, as exported. DoRA
+    (PEFT's forward, c a constant per output feature, dynamo folds it): base + (c − 1)·(base − b) + c·s·lora."""
+    b = GraphBuilder(seed)
+    x = b.node("Relu", [b.input("x", ["N", 5, features])])  # no shape exported after it, as in TorchScript's
+    rng = b.rng
+    base = b.node("MatMul", [x, b.constant((rng.standard_normal((features, features)) / 4).astype(np.float32))],
+                  name="base")
+    bias_value = b.constant((rng.standard_normal(features) * 0.1).astype(np.float32)) if bias else None
+    if bias:
+        base = b.node("Add", [base, bias_value], name="base_bias")
+    down = b.node("MatMul", [x, b.constant((rng.standard_normal((features, rank)) / 4).astype(np.float32))])
+    lora = b.node("MatMul", [down, b.constant((rng.standard_normal((rank, features)) / 2).astype(np.float32))])
+    lora = b.node("Mul", [lora, b.constant(np.array(2.0, np.float32))])
+    if not dora:
+        y = b.node("Add", [base, lora])
+    else:
+        c = rng.uniform(0.5, 1.5, (1, features))
+        no_bias = b.node("Sub", [base, bias_value]) if bias else base
+        scaled = b.node("Mul", [b.constant((c - 1).astype(np.float32)), no_bias])
+        y = b.node("Add", [base, b.node("Add", [scaled, b.node("Mul", [b.constant(c.astype(np.float32)), lora])])])
+    b.output(y)
+    if read_outside:
+        b.output(b.node("Relu", [base]))
+    return b.model()
+
+
+@pytest.mark.parametrize("dora", [False, True], ids=["lora", "dora"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_linear_adapter_merges_into_its_linear(dora, bias):
+    """The rank-2 chain alone would cost more as one matrix (fold_sequential refuses it), summed into W it costs
+    nothing; DoRA's base is read by the join and by (base − b): both inside the join. (Without a bias the
+    merged Linear still gets an Add: a branch composed of a chain counts as biased, see ir.branches.)"""
+    optimize_and_check(linear_adapter(30, dora, bias), {"Relu": 1, "MatMul": 1, "Add": 1})
+
+
+def test_conv_dora_merges_into_its_conv():
+    b = GraphBuilder(31)
+    x = b.input("x", ["N", 4, 8, 8])
+    base = b.conv(x, C, 3, name="base")
+    lora = b.op("Mul", b.conv(b.conv(x, 2, 3, bias=False), C, 1, bias=False), b.constant(np.array(2.0, np.float32)))
+    c = b.rng.uniform(0.5, 1.5, (1, C, 1, 1))
+    no_bias = b.op("Sub", base, b.constant(b.rng.standard_normal((1, C, 1, 1)).astype(np.float32) * 0.1))
+    scaled = b.op("Mul", no_bias, b.constant((c - 1).astype(np.float32)))
+    b.output(b.op("Relu", b.op("Add", base, b.op("Add", scaled, b.op("Mul", lora, b.constant(c.astype(np.float32)))))))
+    optimize_and_check(b.model(), {"Conv": 1, "Relu": 1})
+
+
+def test_dora_base_read_outside_the_join_stays():
+    """The base output is also a graph output's input: it is no join's own, its Linear stays as it is."""
+    model = linear_adapter(32, dora=True, read_outside=True)
+    optimized, report = optimize_and_check(model)
+    (weight,) = [n.input[1] for n in model.graph.node if n.name == "base"]
+    assert len([n for n in optimized.graph.node if n.op_type == "MatMul" and n.input[1] == weight]) == 1
+    assert "read-elsewhere" in codes(report)
+
+
+def test_a_branch_through_a_tensor_another_operand_needs_is_not_merged():
+    """y = c1·t + conv2(x) + t·t with t = conv1(x): t is read by the join's nodes only, but merging c1·conv1
+    with conv2 would take conv1 away from t·t (no linear op): nothing merges, nothing breaks."""
+    b = GraphBuilder(33)
+    x = b.input("x", ["N", 4, 8, 8])
+    t = b.conv(x, C, 3)
+    scaled = b.op("Mul", t, b.constant(b.rng.uniform(0.5, 1.5, (1, C, 1, 1)).astype(np.float32)))
+    y = b.op("Add", b.op("Add", scaled, b.conv(x, C, 3)), b.op("Mul", t, t))
+    b.output(y)
+    optimize_and_check(b.model(), {"Conv": 2, "Mul": 2, "Add": 2})
+
+
+def test_a_tensor_read_twice_inside_is_counted_once():
+    """y = A(t) + B(t) + D(x) with t = P(x), P a 3x3 bottleneck 16 → 8, A and B 1x1 8 → 16, D 1x1: followed
+    back through t, every branch is one 3x3 conv of x (16·16·9 = 2304 multiply-adds per pixel), less than P
+    counted once per branch (2 · (1152 + 128) + 256) but more than the graph computes (1152 + 2·128 + 256):
+    not merged so. A and B merge on t, D stays."""
+    b = GraphBuilder(34)
+    x = b.input("x", ["N", 16, 8, 8])
+    t = b.conv(x, 8, 3)
+    y = b.op("Add", b.op("Add", b.conv(t, 16, 1), b.conv(t, 16, 1)), b.conv(x, 16, 1))
+    b.output(y)
+    optimize_and_check(b.model(), {"Conv": 3, "Add": 1})

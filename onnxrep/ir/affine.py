@@ -99,8 +99,8 @@ def affine(node: gs.Node, ctx: Context, rank: int | None) -> Affine | None:
         return None  # c / x is not linear in x
     if value.dtype.type not in FLOAT_TYPES:
         raise Refused("not-per-channel", f"{node.name}: constant of dtype {value.dtype}")
-    if rank is None:
-        known = dims(source)
+    if rank is None and value.size > 1:  # as exported, else as shape inference sees it (TorchScript)
+        known = ctx.dims(source)
         rank = len(known) if known is not None else None
     vector, axis = _along_one_axis(value, rank, node)
     scale, shift = _scale_shift(node, vector, const_first)

@@ -8,6 +8,7 @@ branches of one source; merge_concat stacks them.
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,9 @@ class Branch:
     name: str
     dtype: np.dtype | None
     has_bias: bool
+    #: (id of an op's last node, its multiply-adds per output pixel) for each op of the chain: two
+    #: branches that follow one tensor back (see lift_branch's region) share ops, counted once
+    costs: tuple[tuple[int, int], ...] = ()
 
 
 Hints = dict[int, Hint]
@@ -56,7 +60,8 @@ def _linear_producer(tensor: gs.Tensor) -> gs.Node | None:
     return node
 
 
-def lift_branch(tensor: gs.Tensor, sign: int, reader: gs.Node, ctx: Context, hints: Hints) -> Branch | None:
+def lift_branch(tensor: gs.Tensor, sign: int, reader: gs.Node, ctx: Context, hints: Hints,
+                region: Container[int] | None = None) -> Branch | None:
     """The operand as a branch of its source; None when it is no linear op at all; raises Refused
     when it is one but cannot be lifted or is read elsewhere.
 
@@ -64,7 +69,10 @@ def lift_branch(tensor: gs.Tensor, sign: int, reader: gs.Node, ctx: Context, hin
     it is followed back while each intermediate is private and the pair
     composes exactly; the cost is checked once, for the whole merged block.
     ``hints`` maps a source tensor to its layout and channels, as learnt from
-    Conv branches, for ops whose shapes were not exported.
+    Conv branches, for ops whose shapes were not exported. ``region``: ids of
+    nodes whose reads do not count as "elsewhere" (the nodes of one join, see
+    merge_parallel: a tensor only they read may be followed back by several
+    branches, each recomputing it in its spec).
     """
     node = producer(tensor)
     try:
@@ -78,13 +86,14 @@ def lift_branch(tensor: gs.Tensor, sign: int, reader: gs.Node, ctx: Context, hin
                       refusal.where) from None
     if lifted is None:
         return None
-    if not ctx.private(tensor, reader):
+    if not _private(tensor, reader, ctx, region):
         raise Refused("read-elsewhere", f"output of {node.name} is also read by {ctx.readers(tensor, reader)}")
     source, conv_spec, dtype, has_bias = lifted.source, lifted.spec, lifted.dtype, lifted.has_bias
     nodes, reader = list(lifted.nodes), lifted.nodes[0]
+    costs = [(id(lifted.nodes[-1]), lifted.spec.cost)]
     while True:
         inner_node = producer(source)
-        if not ctx.private(source, reader):
+        if not _private(source, reader, ctx, region):
             break
         try:  # the chain ends where an op does not lift or compose exactly: the branch starts there
             inner = lift.lift(inner_node, ctx, hint_of(tensor_input(inner_node), hints, ctx))
@@ -93,13 +102,22 @@ def lift_branch(tensor: gs.Tensor, sign: int, reader: gs.Node, ctx: Context, hin
             composed = spec.merge_sequential(inner.spec, conv_spec, check_cost=False)
         except Refused:
             break
+        costs.append((id(inner.nodes[-1]), composed.cost - conv_spec.cost))  # on the pixels it runs on
         source, conv_spec = inner.source, composed
         dtype, has_bias = dtype or inner.dtype, True
         nodes.extend(inner.nodes)
         reader = inner.nodes[0]
     if sign < 0:
         conv_spec = conv_spec.negated()
-    return Branch(tensor, sign, source, conv_spec, lifted.layout, tuple(nodes), node.name, dtype, has_bias)
+    return Branch(tensor, sign, source, conv_spec, lifted.layout, tuple(nodes), node.name, dtype, has_bias,
+                  tuple(costs))
+
+
+def _private(tensor: gs.Tensor, reader: gs.Node, ctx: Context, region: Container[int] | None) -> bool:
+    """``reader`` alone reads ``tensor``, or (with a region) only nodes of the region do."""
+    if ctx.private(tensor, reader):
+        return True
+    return region is not None and id(tensor) not in ctx.graph_outputs and all(id(r) in region for r in tensor.outputs)
 
 
 def tensor_input(node: gs.Node | None) -> gs.Tensor | None:

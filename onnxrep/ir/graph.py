@@ -35,7 +35,7 @@ class Context:
     graph_outputs: set[int] = field(default_factory=set)
     graph_inputs: set[int] = field(default_factory=set)
     names: set[str] = field(default_factory=set)
-    inferred: dict[str, tuple] | None = None  # ONNX shape inference, run at most once per sweep and rule
+    inferred: Inferred | None = None  # ONNX shape inference, run at most once per sweep and rule
     weight_bytes: int | None = None  # the bytes of all the graph's weights, counted when first asked
     notes: list[Refused] = field(default_factory=list)  # refusals recorded by the match being made
     cache: dict = field(default_factory=dict)  # see memo()
@@ -91,10 +91,24 @@ class Context:
             return [None] * len(tensor.shape)
         known = dims(tensor)
         if known is None:
-            if self.inferred is None:
-                self.inferred = infer_shapes(self.graph, self.overridable())
-            known = dims(tensor, self.inferred)
+            known = dims(tensor, self._inference().shapes)
         return known
+
+    def elem_type(self, tensor: gs.Tensor) -> int | None:
+        """A tensor's ONNX element type, known for sure, else None: a constant's own; for a computed
+        tensor or a graph input, what ONNX type inference derives from the graph's inputs and weights
+        through each op's schema (exports without value_info, TorchScript's, name no type), when the
+        type graphsurgeon holds (from value_info) does not contradict it."""
+        if isinstance(tensor, gs.Constant):
+            return _elem_type(tensor.dtype)
+        inferred = self._inference().types.get(tensor.name)
+        held = _elem_type(tensor.dtype)
+        return inferred if held in (None, inferred) else None
+
+    def _inference(self) -> Inferred:
+        if self.inferred is None:
+            self.inferred = infer(self.graph, self.overridable())
+        return self.inferred
 
     def overridable(self) -> set[str]:
         """Names of the initializers that are also graph inputs."""
@@ -164,6 +178,21 @@ def _constant_node_value(node: gs.Node) -> np.ndarray | None:
     if "value_ints" in attrs:
         return np.asarray(attrs["value_ints"], np.int64)
     return None
+
+
+def evaluate(node: gs.Node, opset: int, values: list) -> list[np.ndarray]:
+    """The node's outputs on ``values`` (one per input, None for an empty one), by ONNX's reference
+    implementation at the graph's opset (a lone NodeProto would run at the newest: Unsqueeze-11's
+    axes attribute, Split-11's split, ... would then fail or mean something else)."""
+    from onnx.reference import ReferenceEvaluator
+    from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
+
+    proto = OnnxExporter.export_node(node)
+    feeds = {name: value for name, value in zip(proto.input, values) if name}
+    graph = onnx.helper.make_graph([proto], "evaluate", [onnx.ValueInfoProto(name=n) for n in feeds],
+                                   [onnx.ValueInfoProto(name=n) for n in proto.output])
+    outputs = ReferenceEvaluator(graph, opsets={"": opset}).run(None, feeds)
+    return [np.asarray(v) for v in outputs]
 
 
 #: A shared weight whose private copy costs at most this fraction of the model's weights is copied.
@@ -272,8 +301,34 @@ def dims(tensor: gs.Tensor, inferred: dict[str, tuple] | None = None) -> list[in
 _SHAPE_INFERENCE_VALUE_LIMIT = 4096
 
 
+@dataclass(frozen=True)
+class Inferred:
+    """What ONNX shape inference says of a graph's tensors, by name: shapes (None for an unknown dim)
+    and element types (only the known ones)."""
+
+    shapes: dict[str, tuple] = field(default_factory=dict)
+    types: dict[str, int] = field(default_factory=dict)
+
+
+def _elem_type(dtype) -> int | None:
+    """An ONNX element type from a graphsurgeon dtype (a numpy dtype, or an ONNX type numpy lacks)."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, int):
+        return dtype or None
+    try:
+        return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def infer_shapes(graph: gs.Graph, overridable: Iterable[str] = ()) -> dict[str, tuple]:
-    """Every tensor's shape as ONNX shape inference sees it (None for an unknown dim); {} when it fails.
+    """Every tensor's shape as ONNX shape inference sees it (None for an unknown dim); {} when it fails."""
+    return infer(graph, overridable).shapes
+
+
+def infer(graph: gs.Graph, overridable: Iterable[str] = ()) -> Inferred:
+    """Every tensor's shape and element type as ONNX shape inference sees them; nothing when it fails.
 
     Runs on the graph's structure: big weights enter as typed inputs, so no
     weight is copied. The ``overridable`` initializers enter as inputs of
@@ -305,10 +360,14 @@ def infer_shapes(graph: gs.Graph, overridable: Iterable[str] = ()) -> dict[str, 
         model.functions.extend(OnnxExporter.export_function(f) for f in graph.functions)
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=True).graph
     except Exception:  # noqa: BLE001 (shape inference is a bonus: any failure means "unknown")
-        return {}
-    shapes = {}
+        return Inferred()
+    shapes, types = {}, {}
     for value in (*inferred.value_info, *inferred.output, *inferred.input):
-        if value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape"):
+        if not value.type.HasField("tensor_type"):
+            continue
+        if value.type.tensor_type.HasField("shape"):
             shapes[value.name] = tuple(d.dim_value if d.HasField("dim_value") else None
                                        for d in value.type.tensor_type.shape.dim)
-    return shapes
+        if value.type.tensor_type.elem_type:
+            types[value.name] = value.type.tensor_type.elem_type
+    return Inferred(shapes, types)

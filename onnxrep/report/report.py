@@ -154,12 +154,17 @@ class Report:
 
 
 #: Rules that tidy what exporters leave rather than re-parameterize: summarized, not listed, unless -v.
-HOUSEKEEPING = ("fold_constants", "fold_whole_write")
+HOUSEKEEPING = ("fold_constants", "drop_noop_casts", "fold_constant_sums", "fold_whole_write")
+
 
 def _housekeeping_kind(rule: str, op: str) -> tuple[str, str]:
     """What a housekeeping rewrite of a node of type ``op`` did: (singular, plural)."""
     if rule == "fold_whole_write":
         return "whole-tensor write replaced by its values", "whole-tensor writes replaced by their values"
+    if rule == "drop_noop_casts":
+        return "Cast to its input's own type dropped", "Casts to their inputs' own types dropped"
+    if rule == "fold_constant_sums":
+        return "constant sum folded (float64, rounded once)", "constant sums folded (float64, rounded once)"
     if op == "Identity":
         return "Identity alias of a weight dropped", "Identity aliases of weights dropped"
     if op == "CastLike":

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from onnxrep.rewrite.contract import Rule
 from onnxrep.rules import (
+    drop_noop_casts,
     fold_bias_pad,
     fold_concat_affine,
+    fold_constant_sums,
     fold_constants,
     fold_conv_affine,
     fold_pad_conv,
@@ -25,6 +27,8 @@ from onnxrep.rules import (
 #: plain Conv branches that merge_parallel can lift.
 DEFAULT_RULES: tuple[Rule, ...] = (
     fold_constants.RULE,
+    drop_noop_casts.RULE,
+    fold_constant_sums.RULE,
     fold_whole_write.RULE,
     fold_pad_conv.RULE,
     fold_conv_affine.RULE,

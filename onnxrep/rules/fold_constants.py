@@ -43,10 +43,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from onnx.reference import ReferenceEvaluator
-from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
-from onnxrep.ir.graph import Context, is_op, producer
+from onnxrep.ir.graph import Context, evaluate, is_op, producer
 from onnxrep.rewrite.contract import Builder, NodeMatch, Replacement, Rule
 
 NAME = "fold_constants"
@@ -104,17 +102,6 @@ def _shape_vector(tensor: gs.Tensor, ctx: Context) -> list[int | None] | None:
     return known[slice(start, end)]  # ONNX's start/end clamp like Python's slices
 
 
-def _evaluate(node: gs.Node, ctx: Context, values: list) -> list[np.ndarray]:
-    """The node's outputs at the graph's opset (a lone NodeProto would run at the newest: Unsqueeze-11's
-    axes attribute, Split-11's split, ... would then fail or mean something else)."""
-    proto = OnnxExporter.export_node(node)
-    feeds = {name: value for name, value in zip(proto.input, values) if name}
-    graph = onnx.helper.make_graph([proto], "fold", [onnx.ValueInfoProto(name=n) for n in feeds],
-                                   [onnx.ValueInfoProto(name=n) for n in proto.output])
-    outputs = ReferenceEvaluator(graph, opsets={"": ctx.graph.opset}).run(None, feeds)
-    return [np.asarray(v) for v in outputs]
-
-
 #: An input that is no constant (computed, or a graph input that can be overridden).
 COMPUTED = object()
 
@@ -137,7 +124,7 @@ def _fold(node: gs.Node, ctx: Context) -> tuple[np.ndarray, ...] | None:
         known = _shape_vector(node.inputs[0], ctx)
         if known is None:
             return None
-        positions = _evaluate(node, ctx, [np.arange(len(known), dtype=np.int64), *values[1:]])[0]
+        positions = evaluate(node, ctx.graph.opset, [np.arange(len(known), dtype=np.int64), *values[1:]])[0]
         picked = [known[int(p)] for p in positions.reshape(-1)]
         if None in picked:
             return None
@@ -150,7 +137,7 @@ def _fold(node: gs.Node, ctx: Context) -> tuple[np.ndarray, ...] | None:
     integers = all(v.dtype.kind in "biu" for v in present)
     if node.op in INTEGER_OPS and not integers or node.op == "Div" and integers:
         return None
-    results = _evaluate(node, ctx, values)
+    results = evaluate(node, ctx.graph.opset, values)
     size = sum(r.nbytes for r in results)
     private = all(len(t.outputs) == 1 for t in node.inputs if not t.is_empty())
     if size > SMALL and not (private and size <= sum(v.nbytes for v in present)):

@@ -15,6 +15,15 @@ spoiling the rest. Operands that do not merge stay in a smaller join.
 
 Conditions:
   1. Every merged branch's output is read by the join only (no graph output).
+     When that leaves operands unmerged, a tensor read by several nodes of
+     the join's own region (the nodes only the join's result depends on) may
+     be followed back too, by each branch that reads it (DoRA:
+     ``base + (c − 1)·(base − b) + c·s·B(A(x))`` reads base twice, and each
+     branch becomes a spec of x), provided nothing left outside the rewrite
+     reads what it removes and the merged convs cost no more than the ops
+     they replace, each counted once. The cost is judged for the whole join:
+     a rank-r LoRA chain, costlier as one matrix on its own, costs nothing
+     summed into W.
   2. Weights are constants read by that branch only.
   3. The branches' output shapes are equal for every input size (so the join
      never broadcasts among them) and their taps line up.
@@ -33,6 +42,7 @@ from onnxrep.algebra.spec import ConvSpec
 from onnxrep.ir import lower
 from onnxrep.ir.branches import Branch, layouts, lift_branch
 from onnxrep.ir.graph import Context, constant_value, is_op, producer
+from onnxrep.ir.lift import LIFTERS
 from onnxrep.refusal import Refused
 from onnxrep.rewrite.contract import Builder, Replacement, Rule
 
@@ -53,7 +63,9 @@ class Join:
 
     @property
     def nodes(self) -> tuple[gs.Node, ...]:
-        return self.joins + tuple(n for _, branches in self.merges for b in branches for n in b.nodes)
+        # a node inside the join (DoRA's base Linear) may be part of several branches: listed once
+        nodes = self.joins + tuple(n for _, branches in self.merges for b in branches for n in b.nodes)
+        return tuple({id(n): n for n in nodes}.values())
 
 
 def _is_join(node: gs.Node | None) -> bool:
@@ -102,22 +114,101 @@ def _greedy_merge(branches: list[Branch]) -> tuple[ConvSpec | None, list[Branch]
     return merged, kept, left_out
 
 
-def _lift(tensor, sign, reader, ctx: Context, ranks) -> tuple[Branch | None, Refused | None]:
+def _lift(tensor, sign, reader, ctx: Context, ranks, region) -> tuple[Branch | None, Refused | None]:
     """An operand as a branch of its source, or its refusal (reported only when it shares a source)."""
     try:
-        return lift_branch(tensor, sign, reader, ctx, ranks), None
+        return lift_branch(tensor, sign, reader, ctx, ranks, region), None
     except Refused as refusal:
         return None, refusal
 
 
+#: Ops a join's region is followed back through: the joins and every op the lifter knows.
+REGION_OPS = (*JOIN_OPS, *LIFTERS)
+
+
+def _region(root: gs.Node, ctx: Context) -> dict[int, gs.Node]:
+    """The nodes (by id) whose results only ``root``'s result depends on, as far back as another join:
+    the root's join tree, and back from it every liftable op whose outputs are read by nodes of the
+    region only (no graph output). Another join of computed tensors (the block before's residual Add)
+    bounds it: a join's region is its own branches, not the network before it."""
+    operands, joins = [], []
+    _flatten(root, 1, ctx, operands, joins)
+    own = {id(j) for j in joins}
+    region, todo = {id(root): root}, [producer(t) for t in root.inputs]
+    while todo:
+        node = todo.pop()
+        if node is None or id(node) in region or not is_op(node, *REGION_OPS):
+            continue
+        if id(node) not in own and _is_join(node) and sum(constant_value(t) is None for t in node.inputs) > 1:
+            continue
+        if any(id(t) in ctx.graph_outputs or not t.outputs or any(id(r) not in region for r in t.outputs)
+               for t in node.outputs):
+            continue  # read outside (so far): looked at again when another of its readers joins
+        region[id(node)] = node
+        todo.extend(producer(t) for t in node.inputs)
+    return region
+
+
+def _read_twice_inside(region: dict[int, gs.Node], ctx: Context) -> bool:
+    """Whether some tensor a node of the region computes is read more than once, by nodes of the region
+    only: the one thing the region changes (else matching again would find what the first match found)."""
+    return any(len(t.outputs) > 1 and id(producer(t)) in region and id(t) not in ctx.graph_outputs
+               and all(id(r) in region for r in t.outputs)
+               for node in region.values() for t in node.inputs)
+
+
+def _self_contained(join: Join, ctx: Context) -> bool:
+    """Whether the rewrite leaves nothing reading what it removes (the tensors it rewires aside): with a
+    region, a branch may pass through a tensor another operand, left as it is, still needs."""
+    removed = {id(n) for n in join.nodes}
+    kept = {id(t) for t, _ in join.rest}
+    for node in join.nodes:
+        for tensor in node.outputs:
+            if node is join.root:
+                continue
+            if id(tensor) in kept or id(tensor) in ctx.graph_outputs or any(id(r) not in removed
+                                                                              for r in tensor.outputs):
+                return False
+    return True
+
+
+def _not_costlier(join: Join) -> bool:
+    """Whether the merged convs cost no more than the ops they replace, each op counted once: branches
+    that follow one tensor back all hold its producer, and the merge's own check counts it per branch
+    (a 3x3 bottleneck read by two 1x1 convs would pass as two 3x3 convs)."""
+    replaced = {node: cost for _, branches in join.merges for b in branches for node, cost in b.costs}
+    return sum(merged.cost for merged, _ in join.merges) <= sum(replaced.values())
+
+
 def match(ctx: Context, root: gs.Node) -> Join | None:
+    """The join with each operand followed back through tensors read by it alone; when that leaves
+    operands unmerged, also through tensors only the join's own nodes read (DoRA's
+    ``base + (c − 1)·(base − b) + c·s·lora(x)`` reads base twice): that one when it merges more."""
     if not _is_join(root) or _is_inner(root, ctx):
         return None
+    mark = len(ctx.notes)
+    strict = _match(ctx, root, None)
+    if strict is not None and not strict.rest:
+        return strict
+    region = _region(root, ctx)
+    if not _read_twice_inside(region, ctx):
+        return strict
+    notes = ctx.notes[mark:]
+    del ctx.notes[mark:]
+    wide = _match(ctx, root, region)
+    if (wide is not None and _self_contained(wide, ctx) and _not_costlier(wide)
+            and (strict is None or len(wide.rest) < len(strict.rest))):
+        return wide
+    ctx.notes[mark:] = notes
+    return strict
+
+
+def _match(ctx: Context, root: gs.Node, region: dict[int, gs.Node] | None) -> Join | None:
     operands, joins = [], []
     _flatten(root, 1, ctx, operands, joins)
     where = f"{root.op} {root.name}"
     ranks = layouts([t for t, _, _ in operands])
-    lifted = [_lift(t, s, reader, ctx, ranks) for t, s, reader in operands]
+    lifted = [_lift(t, s, reader, ctx, ranks, region) for t, s, reader in operands]
     branches_of = {}
     for b, _ in lifted:
         if b is not None:
