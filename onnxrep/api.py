@@ -114,10 +114,10 @@ def optimize(model: onnx.ModelProto | gs.Graph | str | os.PathLike, options: Opt
         if path is not None:
             model = files.load_model(path)
 
-        from onnxrep.verify.check import verify_sizes  # onnxruntime is loaded only to verify
+        from onnxrep.verify.check import verify  # onnxruntime is loaded only to verify
 
         def check_model(candidate: onnx.ModelProto) -> Verification:
-            return verify_sizes(model, candidate, input_shapes=options.input_shapes, tolerance=options.tolerance,
+            return verify(model, candidate, input_shapes=options.input_shapes, tolerance=options.tolerance,
                                 seed=options.seed, feeds=options.inputs)
 
         optimized, report = _verified(model, rules, optimized, report, check_model, step)

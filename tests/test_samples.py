@@ -10,7 +10,7 @@ import pytest
 from helpers import histogram, random_feeds, run
 
 import onnxrep
-from onnxrep.verify.check import verify
+from onnxrep.verify.check import verify_at
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 SAMPLES = sorted(p.name.removesuffix(".train.onnx") for p in MODELS.glob("*.train.onnx"))
@@ -39,7 +39,7 @@ def test_train_becomes_deploy(name):
 
 @pytest.mark.parametrize("name", SAMPLES)
 def test_deploy_twin_passes_the_output_check(name):
-    result = verify(onnx.load(MODELS / f"{name}.train.onnx"), onnx.load(MODELS / f"{name}.deploy.onnx"),
+    result = verify_at(onnx.load(MODELS / f"{name}.train.onnx"), onnx.load(MODELS / f"{name}.deploy.onnx"),
                     local=False)
     assert result.passed, result.outputs
 

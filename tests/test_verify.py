@@ -24,7 +24,7 @@ from onnxrep import api
 from onnxrep.ir import affine
 from onnxrep.rules import RULES_BY_NAME
 from onnxrep.verify import local as local_check
-from onnxrep.verify.check import perturbed_weights, verify
+from onnxrep.verify.check import perturbed_weights, verify_at
 from onnxrep.verify.tolerance import Tolerance
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -52,7 +52,7 @@ def test_deep_stack_reaches_its_deploy_twin_with_nothing_rolled_back(stack):
 def test_deep_stack_deploy_twin_passes_the_output_check(stack):
     """The author's own conversion must pass: the checker accepts what an exact conversion makes."""
     train, deploy = stack
-    result = verify(train, deploy, local=False)
+    result = verify_at(train, deploy, local=False)
     assert result.passed and not result.local
 
 
@@ -62,23 +62,23 @@ def test_noise_floor_accepts_the_deploy_twin_and_rejects_a_wrong_one(stack, monk
     may not show at all at the output of this stack: that is what the local checks are for.)"""
     no_rounding = Tolerance(rounding_factor=0.0)
     train, deploy = stack
-    result = verify(train, deploy, local=False, tolerance=no_rounding)
+    result = verify_at(train, deploy, local=False, tolerance=no_rounding)
     assert result.passed and result.bound_text == "noise floor" and result.noise_floor > 0
     wrong = onnx.ModelProto()
     wrong.CopyFrom(deploy)
     weight = [t for t in wrong.graph.initializer if len(t.dims) == 4][-1]
     array = onnx.numpy_helper.to_array(weight) * 1.1
     weight.CopyFrom(onnx.numpy_helper.from_array(array, weight.name))
-    assert not verify(train, wrong, local=False, tolerance=no_rounding).passed
+    assert not verify_at(train, wrong, local=False, tolerance=no_rounding).passed
 
 
 def test_deep_stack_drifts_beyond_a_fixed_tolerance_but_passes():
     """What the old fixed tolerance measured was float noise: drift deep in the stack exceeds
     rtol=1e-6 while the noise floor accepts it."""
     train, deploy = mobileone_stack(blocks=32)
-    strict = verify(train, deploy, local=False, tolerance=Tolerance(rtol=1e-7, atol=1e-7))
+    strict = verify_at(train, deploy, local=False, tolerance=Tolerance(rtol=1e-7, atol=1e-7))
     assert not strict.passed and strict.bound_text == "rtol 1e-07, atol 1e-07"
-    assert verify(train, deploy, local=False).passed
+    assert verify_at(train, deploy, local=False).passed
 
 
 def _shift_tap(spec, _):
@@ -221,7 +221,7 @@ def test_a_wrong_constant_fold_is_caught_where_it_happens():
     """Tensors the original computes and the optimized model holds as constants are compared too."""
     model = onnx.load(MODELS / "repvgg.train.onnx")
     optimized, _ = onnxrep.optimize(model, verify=False)
-    result = verify(model, optimized)
+    result = verify_at(model, optimized)
     assert result.passed
     # corrupt one folded weight's source: the conv's output is then locally wrong
     conv = next(n for n in optimized.graph.node if n.op_type == "Conv")
@@ -229,7 +229,7 @@ def test_a_wrong_constant_fold_is_caught_where_it_happens():
     array = onnx.numpy_helper.to_array(weight).copy()
     array[0, 0, 1, 1] *= 1.001
     weight.CopyFrom(onnx.numpy_helper.from_array(array, weight.name))
-    result = verify(model, optimized)
+    result = verify_at(model, optimized)
     assert not result.passed and result.failing_tensors == [conv.output[0]]
 
 

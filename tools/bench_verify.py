@@ -8,7 +8,7 @@ Each model is optimized once without verification (by this checkout) and both
 files are handed to a worker process per revision (this checkout, and with
 ``--baseline REV`` that revision's ``onnxrep`` package from ``git archive``).
 Round by round, alternating between the workers, each times
-``onnxrep.verify.check.verify_sizes`` of the pair as ``optimize`` runs it (local
+``onnxrep.verify.check.verify`` of the pair as ``optimize`` runs it (local
 checks, noise run, outputs, every input size it picks), then the floor: an
 onnxruntime session of the original and of the optimized model (graph
 optimizations off, as verification runs them) and one run of each at every input
@@ -53,14 +53,14 @@ def worker(pairs: list[tuple[str, str]], shapes: dict) -> None:
     import onnx
     import onnxruntime  # noqa: F401 (imported before the first round is timed)
 
-    from onnxrep.verify.check import verify_sizes
+    from onnxrep.verify.check import verify
 
     models = [(onnx.load(a), onnx.load(b)) for a, b in pairs]
     print("ready", flush=True)
     for line in sys.stdin:
         original, optimized = models[int(line)]
         start = time.perf_counter()
-        result = verify_sizes(original, optimized, input_shapes=shapes or None)
+        result = verify(original, optimized, input_shapes=shapes or None)
         seconds = time.perf_counter() - start
         sizes = [result.input_shapes, *result.other_sizes]
         floor = floor_seconds(original, optimized, sizes)

@@ -290,9 +290,9 @@ def verify_deploy(train: Path, deploy: Path) -> dict:
     Outputs only: the two files are separate exports, so a tensor name both have (dynamo's "relu_28")
     need not be the same tensor; the deploy file's inner tensors are renamed apart first.
     """
-    from onnxrep.verify.check import verify  # the onnxrep beside this Python; only this check needs it
+    from onnxrep.verify.check import verify_at  # the onnxrep beside this Python; only this check needs it
 
-    result = verify(onnx.load(train), _rename_inner(onnx.load(deploy), "deploy/"))
+    result = verify_at(onnx.load(train), _rename_inner(onnx.load(deploy), "deploy/"))
     failing = [o.name for o in result.outputs if not o.passed]
     return {"passed": result.passed, "max_abs_error": result.max_abs_error, "failing": failing}
 

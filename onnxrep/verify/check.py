@@ -20,7 +20,7 @@ Integer and bool outputs must be equal (unless the noise run changes them too).
 Each model is loaded once (the original with the tensors the local checks need
 exposed, the optimized model with the local copies added) and run once per input
 size; the noise run and the original's magnitudes run only when a check needs
-them (see :func:`verify`).
+them (see :func:`verify_at`).
 """
 
 from __future__ import annotations
@@ -275,10 +275,10 @@ def _fan_in(node: onnx.NodeProto, position: int, shape: tuple[int, ...]) -> int:
     return 1
 
 
-def verify(original: onnx.ModelProto, optimized: onnx.ModelProto, *,
-           input_shapes: dict[str, tuple[int, ...]] | None = None,
-           tolerance: Tolerance = DEFAULT, seed: int = 0,
-           local: bool = True, feeds: feeding.Inputs | None = None) -> Verification:
+def verify_at(original: onnx.ModelProto, optimized: onnx.ModelProto, *,
+              input_shapes: dict[str, tuple[int, ...]] | None = None,
+              tolerance: Tolerance = DEFAULT, seed: int = 0,
+              local: bool = True, feeds: feeding.Inputs | None = None) -> Verification:
     """Both models on ``feeds`` (a directory of .pb/.npy files, or name → value) or seeded random inputs,
     at one input size. ``local=False`` checks the outputs only: for two graphs whose tensor names do
     not correspond (a training graph and its author's deploy graph).
@@ -415,11 +415,11 @@ def _check_outputs(names, reference, actual, tolerance: Tolerance, noise_run) ->
     return [compare(n, r, a, moved.get(n), tolerance) for n, r, a in leaves], Bound.NOISE_FLOOR
 
 
-def verify_sizes(original: onnx.ModelProto, optimized: onnx.ModelProto, *,
-                 input_shapes: dict[str, tuple[int, ...]] | None = None,
-                 tolerance: Tolerance = DEFAULT, seed: int = 0,
-                 local: bool = True, feeds: feeding.Inputs | None = None) -> Verification:
-    """:func:`verify` at every size :func:`onnxrep.verify.sizes.check_sizes` asks for, on one set of
+def verify(original: onnx.ModelProto, optimized: onnx.ModelProto, *,
+           input_shapes: dict[str, tuple[int, ...]] | None = None,
+           tolerance: Tolerance = DEFAULT, seed: int = 0,
+           local: bool = True, feeds: feeding.Inputs | None = None) -> Verification:
+    """:func:`verify_at` at every size :func:`onnxrep.verify.sizes.check_sizes` asks for, on one set of
     sessions: the given (or default) shapes; for a model with dynamic dims and random inputs (given
     shapes or not), a second, odd size where the original runs there; where some rewritten conv's taps
     met no data at those and no shapes were given, a larger size of the model's family."""
