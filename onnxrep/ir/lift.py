@@ -69,6 +69,17 @@ def lift(node: gs.Node | None, ctx: Context, hint: Hint = NO_HINT) -> Lifted | N
     return LIFTERS[node.op](node, ctx, hint)
 
 
+def lift_linear(node: gs.Node, ctx: Context) -> tuple[Lifted | None, Refused | None]:
+    """``node`` as a linear op with weights of its own (Conv, Gemm, MatMul + bias), or why a Conv, Gemm or
+    MatMul is not one: the refusal is returned for a caller that reports it only once it knows the op
+    after this one is foldable. An Add that is no MatMul's bias is no linear op, refused or not."""
+    try:
+        lifted = lift(node, ctx)
+    except Refused as refusal:
+        return None, None if node.op == "Add" else refusal
+    return (lifted, None) if lifted is not None and lifted.linear else (None, None)
+
+
 def _weight(tensor: gs.Tensor, node: gs.Node, ctx: Context, what: str) -> np.ndarray:
     """A constant weight read by ``node`` only; a bias may be shared (exporters merge equal biases,
     all zeros at init, into one tensor): it is copied, and a copy of a vector costs nothing."""

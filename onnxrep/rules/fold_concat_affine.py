@@ -43,7 +43,7 @@ from onnxrep.algebra import kernels
 from onnxrep.ir import lower
 from onnxrep.ir.affine import Affine, affine
 from onnxrep.ir.graph import Context, constant_value, is_op, producer
-from onnxrep.ir.lift import AFFINE_OPS, LINEAR_OPS, Layout, Lifted, lift
+from onnxrep.ir.lift import AFFINE_OPS, LINEAR_OPS, Layout, Lifted, lift_linear
 from onnxrep.refusal import Refused
 from onnxrep.rewrite.contract import Builder, Replacement, Rule
 
@@ -78,17 +78,11 @@ class ConcatAffine:
         return (self.concat, self.op) + tuple(n for p in self.parts if p.linear for n in p.linear.nodes)
 
 
-def _producer_as_linear(tensor: gs.Tensor, ctx: Context) -> Lifted | Refused | None:
-    """The part's producer as a linear op; its refusal when it is a Conv, Gemm or MatMul that does not
-    lift (an Add that is no MatMul's bias is no linear op, refused or not); None for any other op."""
+def _producer_as_linear(tensor: gs.Tensor, ctx: Context) -> tuple[Lifted | None, Refused | None]:
+    """The part's producer as a linear op, or why a Conv, Gemm or MatMul there is not one (see
+    lift_linear); (None, None) for any other op."""
     node = producer(tensor)
-    if not is_op(node, *LINEAR_OPS, "Add"):
-        return None
-    try:
-        lifted = lift(node, ctx)
-    except Refused as refusal:
-        return None if node.op == "Add" else refusal
-    return lifted if lifted is not None and lifted.linear else None
+    return lift_linear(node, ctx) if is_op(node, *LINEAR_OPS, "Add") else (None, None)
 
 
 def _channels(tensor: gs.Tensor, axis: int, ctx: Context) -> int | None:
@@ -105,7 +99,7 @@ def match(ctx: Context, op: gs.Node) -> ConcatAffine | None:
         return None
     where = f"{concat.name} → {op.name}"
     candidates = [_producer_as_linear(t, ctx) for t in concat.inputs]
-    if not any(candidates):
+    if not any(linear or refused for linear, refused in candidates):
         if is_op(op, "BatchNormalization"):
             raise Refused("no-linear-op", f"{op.name} reads Concat {concat.name}, none of whose parts comes "
                                           f"from a Conv, Gemm or MatMul: nothing to fold it into", where)
@@ -138,10 +132,10 @@ def _parts(concat: gs.Node, candidates: list, found: Affine, axis: int, rank: in
     not are notes when another part folds, else the first is raised."""
     scalar = found.axis is None
     refusals, folding, sizes = [], [], []
-    for tensor, candidate in zip(concat.inputs, candidates):
+    for tensor, (candidate, refused) in zip(concat.inputs, candidates):
         linear = None
-        if isinstance(candidate, Refused):
-            refusals.append(candidate)
+        if refused is not None:
+            refusals.append(refused)
         elif candidate is not None:
             name = candidate.nodes[0].name
             if sum(t is tensor for t in concat.inputs) > 1:

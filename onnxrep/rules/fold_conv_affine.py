@@ -33,7 +33,7 @@ import onnx_graphsurgeon as gs
 from onnxrep.algebra import kernels
 from onnxrep.ir import lower
 from onnxrep.ir.graph import Context, constant_value, is_op, producer
-from onnxrep.ir.lift import AFFINE_OPS, Hint, Lifted, lift
+from onnxrep.ir.lift import AFFINE_OPS, Hint, Lifted, lift, lift_linear
 from onnxrep.refusal import Refused
 from onnxrep.rewrite.contract import Builder, Replacement, Rule
 
@@ -56,15 +56,6 @@ class ConvAffine:
         return self.linear.nodes + self.affine.nodes
 
 
-def _lift_linear(conv: gs.Node, ctx: Context) -> Lifted | Refused | None:
-    """The op before the affine as a linear op; its refusal is kept to report once the affine is known
-    to be one (an Add that is no MatMul's bias is no linear op, refused or not)."""
-    try:
-        return lift(conv, ctx)
-    except Refused as refusal:
-        return None if conv.op == "Add" else refusal
-
-
 def _nothing_to_fold(ctx: Context, op: gs.Node) -> None:
     """Raises why an affine with no linear op before it stays, where a reader of the report looks for
     one: a BatchNormalization (a deploy graph has none), or any affine whose only link to a linear op
@@ -80,8 +71,8 @@ def _nothing_to_fold(ctx: Context, op: gs.Node) -> None:
     # a Cast read by this op only, of a linear op's output read by the Cast only: all that stands between
     cast_of = producer(before.inputs[0]) if is_op(before, "Cast") and ctx.private(data, op) \
         and ctx.private(before.inputs[0], before) else None
-    linear = _lift_linear(cast_of, ctx) if cast_of is not None else None
-    if isinstance(linear, Refused) or isinstance(linear, Lifted) and linear.linear:
+    linear, refused = lift_linear(cast_of, ctx) if cast_of is not None else (None, None)
+    if linear is not None or refused is not None:
         raise Refused("no-linear-op", f"{op.name} reads Cast {before.name} of {cast_of.op} {cast_of.name}'s "
                                       f"output: the Cast stands between them", f"{cast_of.name} → {op.name}")
     if is_op(op, "BatchNormalization"):
@@ -92,11 +83,10 @@ def _nothing_to_fold(ctx: Context, op: gs.Node) -> None:
 def match(ctx: Context, op: gs.Node) -> ConvAffine | None:
     conv = next((p for t in op.inputs if (p := producer(t)) is not None and p.op in ("Conv", "Gemm", "MatMul", "Add")
                  and p is not op), None)
-    linear = _lift_linear(conv, ctx) if conv is not None else None
-    if linear is None or (isinstance(linear, Lifted) and not linear.linear):
+    linear, refused = lift_linear(conv, ctx) if conv is not None else (None, None)
+    if linear is None and refused is None:
         return _nothing_to_fold(ctx, op)
-    lifted = isinstance(linear, Lifted)
-    hint = Hint(linear.layout, linear.spec.out_channels) if lifted else Hint()
+    hint = Hint(linear.layout, linear.spec.out_channels) if linear is not None else Hint()
     where = f"{conv.name} → {op.name}"
     try:
         affine, affine_refused = lift(op, ctx, hint), None
@@ -107,7 +97,7 @@ def match(ctx: Context, op: gs.Node) -> ConvAffine | None:
         return None  # e.g. an Add of two convs: a join, merge_parallel's business
     if not ctx.private(conv.outputs[0], op, measured=True):
         raise Refused("read-elsewhere", f"the conv output is also read by {ctx.readers(conv.outputs[0], op)}", where)
-    for refusal in (None if lifted else linear, affine_refused):
+    for refusal in (refused, affine_refused):
         if refusal is not None:
             refusal.where = where
             raise refusal
