@@ -118,7 +118,7 @@ def optimize(model: onnx.ModelProto | gs.Graph | str | os.PathLike, options: Opt
 
         def check_model(candidate: onnx.ModelProto) -> Verification:
             return verify(model, candidate, input_shapes=options.input_shapes, tolerance=options.tolerance,
-                                seed=options.seed, feeds=options.inputs)
+                          seed=options.seed, feeds=options.inputs)
 
         optimized, report = _verified(model, rules, optimized, report, check_model, step)
         timings["verify"] = time.perf_counter() - start

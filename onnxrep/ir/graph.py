@@ -100,9 +100,9 @@ class Context:
         through each op's schema (exports without value_info, TorchScript's, name no type), when the
         type graphsurgeon holds (from value_info) does not contradict it."""
         if isinstance(tensor, gs.Constant):
-            return _elem_type(tensor.dtype)
+            return onnx_elem_type(tensor.dtype)
         inferred = self._inference().types.get(tensor.name)
-        held = _elem_type(tensor.dtype)
+        held = onnx_elem_type(tensor.dtype)
         return inferred if held in (None, inferred) else None
 
     def _inference(self) -> Inferred:
@@ -310,7 +310,7 @@ class Inferred:
     types: dict[str, int] = field(default_factory=dict)
 
 
-def _elem_type(dtype) -> int | None:
+def onnx_elem_type(dtype) -> int | None:
     """An ONNX element type from a graphsurgeon dtype (a numpy dtype, or an ONNX type numpy lacks)."""
     if dtype is None:
         return None

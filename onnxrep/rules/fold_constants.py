@@ -41,10 +41,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 
-from onnxrep.ir.graph import Context, evaluate, is_op, producer
+from onnxrep.ir.graph import Context, evaluate, is_op, onnx_elem_type, producer
 from onnxrep.rewrite.contract import Builder, NodeMatch, Replacement, Rule
 
 NAME = "fold_constants"
@@ -77,17 +76,6 @@ class Alias(NodeMatch):
 @dataclass(frozen=True, eq=False)
 class CastLikeToCast(NodeMatch):
     to: int  # the ONNX element type
-
-
-def _elem_type(dtype) -> int | None:
-    if dtype is None:
-        return None
-    if isinstance(dtype, int):  # graphsurgeon keeps ONNX types numpy lacks as such
-        return dtype
-    try:
-        return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
-    except (KeyError, TypeError, ValueError):
-        return None
 
 
 def _shape_vector(tensor: gs.Tensor, ctx: Context) -> list[int | None] | None:
@@ -155,7 +143,7 @@ def match(ctx: Context, node: gs.Node) -> Fold | Alias | CastLikeToCast | None:
             return Alias(node)
         return None
     if node.op == "CastLike":
-        to = _elem_type(node.inputs[1].dtype) if len(node.inputs) == 2 else None
+        to = onnx_elem_type(node.inputs[1].dtype) if len(node.inputs) == 2 else None
         if to is not None and ctx.maybe_constant(node.inputs[0]) is None:
             return CastLikeToCast(node, to)  # a constant input is folded instead
     try:
